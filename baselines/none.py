@@ -1,0 +1,9 @@
+"""`none`: plain SGD with no regularizer and no pruning, the unpruned reference."""
+from __future__ import annotations
+
+from study.method import Method
+
+
+class NoRegularization(Method):
+    name = "none"
+    citation = "Plain SGD (reference)."

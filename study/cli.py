@@ -1,0 +1,219 @@
+"""The `study` command: train one model, run or validate a study, report on finished runs."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    """``["lam=1e-3", "threshold=0.01"]`` → ``{"lam": "1e-3", "threshold": "0.01"}``."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no infinity: an all-pruned model's compression is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+class EpochPrinter:
+    """Prints one aligned row per epoch: the progress display of `study train`."""
+
+    columns = ("epoch", "phase", "train_loss", "val_error", "test_error", "compression", "epoch_seconds")
+    header = f"{'epoch':>9} {'phase':>8} {'train loss':>10} {'val err%':>8} {'test err%':>9} {'compr.':>8} {'sec':>5}"
+
+    def __init__(self, epochs: int, quiet: bool = False) -> None:
+        self.epochs, self.quiet = epochs, quiet
+        if not quiet:
+            console.print(self.header, style="bold")
+
+    def on_epoch_end(self, record: dict[str, Any], checkpoint: Any) -> None:
+        if self.quiet:
+            return
+        r = record
+        console.print(
+            f"{r['epoch']:>4}/{self.epochs:<4} {r['phase']:>8} {r['train_loss']:>10.4f} "
+            f"{r['val_error']:>8.2f} {r['test_error']:>9.2f} {r['compression']:>7.2f}x {r['epoch_seconds']:>5.2f}",
+            highlight=False,
+        )
+
+
+def layer_table(layers: list[dict[str, Any]]) -> Table:
+    table = Table(title="final per-layer sparsity")
+    for col in ("layer", "weights", "nonzero", "remaining %", "biases", "nonzero biases"):
+        table.add_column(col, justify="right")
+    for row in layers:
+        table.add_row(
+            str(row["layer"]), f"{row['total']:,}", f"{row['nonzero']:,}", f"{100 * row['remaining']:.2f}",
+            f"{row['bias_total']:,}", f"{row['bias_nonzero']:,}",
+        )
+    return table
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from study import data as data_registry
+    from study import models
+    from study.method import MethodContext
+    from study.methods import build_method, method_class
+    from study.train import TrainConfig, fit, seed_everything
+
+    method_params = parse_assignments(args.param, "--param")
+    model_options = parse_assignments(args.model_option, "--model-option")
+    data_options = parse_assignments(args.data_option, "--data-option")
+    method_class(args.method)  # fail fast on a bad name, before loading data
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        optimizer=args.optimizer, reach_epochs=args.reach_epochs, target_error=args.target_error,
+        patience=args.patience, seed=args.seed, device=pick_device(args.device),
+    )
+    seed_everything(args.seed)
+    bundle = data_registry.load_dataset(
+        args.dataset, root=args.data_root, val_fraction=args.val_fraction, seed=args.seed,
+        download=args.download, **data_options,
+    ).to(config.device)
+    model = models.build_model(args.arch, bundle.input_shape, bundle.num_classes, model_options)
+    steps = math.ceil(len(bundle.train) / config.batch_size)
+    context = MethodContext(
+        train_size=len(bundle.train), num_classes=bundle.num_classes, epochs=config.epochs, steps_per_epoch=steps,
+    )
+    method = build_method(args.method, method_params, context)
+    if not args.quiet:
+        console.print(
+            f"[bold]{args.method}[/] on [bold]{args.dataset}[/] ({len(bundle.train)} train / {len(bundle.val)} val / "
+            f"{len(bundle.test)} test), {args.arch}, {config.device}, params {method.params}",
+            highlight=False,
+        )
+    result = fit(model, method, bundle, config, callbacks=[EpochPrinter(config.epochs, args.quiet)])
+    if not args.quiet:
+        console.print(layer_table(result.layers))
+        last = result.history[-1]
+        console.print(
+            f"status {result.status}: test error {last['test_error']:.2f}%, compression {last['compression']:.2f}x, "
+            f"{int(last['nonzero']):,} nonzero weights, {last['memory_kb']:.2f} kB",
+            highlight=False,
+        )
+    if args.json:
+        out = {
+            "dataset": args.dataset, "arch": args.arch, "method": args.method, "seed": args.seed,
+            "params": {k: _finite(v) for k, v in vars(method.params).items()},
+            "train": vars(config), "model_options": model_options, "status": result.status,
+            "history": [{k: _finite(v) for k, v in r.items()} for r in result.history],
+            "layers": result.layers,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    if args.save:
+        torch.save(model.state_dict(), args.save)
+    return 0 if result.status == "finished" else 3
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from study.train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train", help="train one model with one method and print its per-epoch trajectory",
+        description="Train one model with one sparsification method through the two phases "
+        "(reach performance, then sparsify) and print one row per epoch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", default="digits", help="data set name (see `study list`)")
+    p.add_argument("--arch", default="lenet300", help="architecture name (see `study list`)")
+    p.add_argument("--method", default="sensitivity-unspec", help="sparsification method (see `study list`)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="method hyperparameter, repeatable, e.g. --param lam=1e-3 --param threshold=1e-2")
+    p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="architecture option, e.g. --model-option relu=true (lenet5)")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="data set option, e.g. --data-option shape=3x32x32 (synthetic)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs, both phases together")
+    p.add_argument("--reach-epochs", type=int, default=d.reach_epochs,
+                   help="length of phase 1 (reach performance) before thresholding starts")
+    p.add_argument("--target-error", type=float, default=d.target_error,
+                   help="validation error (%%) that ends phase 1 early; with --patience also stops phase 2")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after this many sparsify epochs with validation error above the target (0 = never)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate η")
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default=d.optimizer)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the training set held out for validation")
+    p.add_argument("--data-root", default=os.environ.get("STUDY_DATA_ROOT"),
+                   help="where data sets live (env STUDY_DATA_ROOT)")
+    p.add_argument("--download", action="store_true", help="let torchvision download missing data sets")
+    p.add_argument("--json", metavar="FILE", help="write the per-epoch history and final per-layer table here")
+    p.add_argument("--save", metavar="FILE", help="save the final model state_dict here")
+    p.add_argument("--quiet", action="store_true", help="print nothing while training")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from study.data import dataset_names
+    from study.methods import METHODS
+    from study.models import model_names
+
+    print("data sets:     " + ", ".join(dataset_names()))
+    print("architectures: " + ", ".join(model_names()))
+    print("methods:")
+    for name, cls in METHODS.items():
+        print(f"  {name:<20} {cls.citation}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="study",
+        description="Hyperparameter studies of sensitivity-driven sparsification (Tartaglione et al., "
+        "NeurIPS 2018) against baseline sparsifiers, on Ray Tune with MLflow tracking.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train_parser(sub)
+    sub.add_parser("list", help="list the registered data sets, architectures and methods").set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        console.print(f"[red]error:[/] {message}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,562 @@
+"""Dataset registry: name -> loader -> :class:`DataBundle` with train/val/test splits.
+
+Small data sets become :class:`TensorSplit` (tensors, batched by index: no DataLoader);
+image folders become :class:`DatasetSplit` (a torch Dataset behind a DataLoader).
+
+Conventions, the same for every data set:
+
+- The data root is the ``root`` argument, else ``$STUDY_DATA_ROOT``, else
+  ``~/.cache/sensitivity-study/data``.
+- The validation split is carved from the training split (``val_fraction`` of it,
+  rounded); it is never taken from the test split. ``val_fraction=0`` gives an empty
+  validation split.
+- Where a data set has an official test split, that is the test split. Where it has none
+  (digits, mnist10k), a fixed number of samples is held out by a permutation that does
+  not depend on ``seed``, so every seed is scored on the same test samples. The
+  train/val carve depends on ``seed``. Everything is deterministic given ``seed``.
+- Labels are int64 class indices. Images are float32, (N, C, H, W).
+"""
+from __future__ import annotations
+
+import gzip
+import inspect
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+DEFAULT_ROOT = Path("~/.cache/sensitivity-study/data")
+ROOT_ENV = "STUDY_DATA_ROOT"
+TEST_SPLIT_SEED = 0  # fixed: the held-out test samples do not change with the run's seed
+
+# (x - mean) / std per channel, the usual CIFAR-10 training-set statistics.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set's files are not where we looked; the message says where and how to get them."""
+
+
+# -- splits ------------------------------------------------------------------------------
+
+
+@dataclass
+class TensorSplit:
+    """A split held as tensors (on one device), batched by index."""
+
+    x: Tensor
+    y: Tensor  # int64 class labels
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: torch.device | str) -> TensorSplit:
+        return TensorSplit(self.x.to(device), self.y.to(device))
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield (x, y) batches; the last one may be smaller. Shuffled with ``generator``."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        n = len(self)
+        if shuffle:
+            perm_device = generator.device if generator is not None else torch.device("cpu")
+            order = torch.randperm(n, generator=generator, device=perm_device).to(self.x.device)
+        else:
+            order = torch.arange(n, device=self.x.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+class DatasetSplit:
+    """A split backed by a torch Dataset of (image, label); batches come from a DataLoader
+    and are moved to this split's device."""
+
+    def __init__(
+        self, dataset: Dataset, *, num_workers: int = 2, device: torch.device | str = "cpu"
+    ) -> None:
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def to(self, device: torch.device | str) -> DatasetSplit:
+        return DatasetSplit(self.dataset, num_workers=self.num_workers, device=device)
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if generator is not None and generator.device.type != "cpu":
+            generator = None  # the sampler needs a CPU generator; fall back to the global one
+        loader = DataLoader(
+            self.dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator if shuffle else None,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        non_blocking = self.device.type == "cuda"
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=non_blocking), y.long().to(
+                self.device, non_blocking=non_blocking
+            )
+
+
+Split = Union[TensorSplit, DatasetSplit]
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, ...]  # per-sample shape, e.g. (1, 8, 8)
+
+    def to(self, device: torch.device | str) -> DataBundle:
+        return replace(
+            self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
+        )
+
+
+# -- split helpers -----------------------------------------------------------------------
+
+
+def _permutation(n: int, seed: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def carve_val(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices (train, val) of a training set of size ``n``: ``round(val_fraction * n)``
+    samples go to val, chosen by a permutation seeded with ``seed``."""
+    n_val = int(round(val_fraction * n))
+    if n_val >= n:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training samples out of {n}")
+    perm = _permutation(n, seed)
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def hold_out(n: int, n_test: int) -> tuple[Tensor, Tensor]:
+    """Indices (rest, test): ``n_test`` samples held out by a seed-independent permutation."""
+    if not 0 < n_test < n:
+        raise ValueError(f"n_test must be in [1, {n - 1}] for {n} samples, got {n_test}")
+    perm = _permutation(n, TEST_SPLIT_SEED)
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def _tensor_bundle(
+    name: str,
+    x_train: Tensor,
+    y_train: Tensor,
+    x_test: Tensor,
+    y_test: Tensor,
+    num_classes: int,
+    val_fraction: float,
+    seed: int,
+) -> DataBundle:
+    """Carve val from (x_train, y_train) and wrap everything as TensorSplits."""
+    tr, va = carve_val(len(y_train), val_fraction, seed)
+    y_train, y_test = y_train.long(), y_test.long()
+    return DataBundle(
+        name=name,
+        train=TensorSplit(x_train[tr], y_train[tr]),
+        val=TensorSplit(x_train[va], y_train[va]),
+        test=TensorSplit(x_test, y_test),
+        num_classes=num_classes,
+        input_shape=tuple(x_train.shape[1:]),
+    )
+
+
+def _held_out_bundle(
+    name: str, x: Tensor, y: Tensor, num_classes: int, n_test: int, val_fraction: float, seed: int
+) -> DataBundle:
+    rest, test = hold_out(len(y), n_test)
+    return _tensor_bundle(name, x[rest], y[rest], x[test], y[test], num_classes, val_fraction, seed)
+
+
+# -- idx files (MNIST's original format) --------------------------------------------------
+
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dims
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dim
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
+    """Read an idx file (plain, or gzip: detected from its first bytes) into a numpy array.
+
+    Header: 2 zero bytes, a type code, the number of dimensions, then one big-endian
+    uint32 per dimension. ``expected_magic`` (e.g. 2051 for images) is checked if given.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4:
+        raise ValueError(f"{path}: too short for an idx file ({len(raw)} bytes)")
+    (magic,) = struct.unpack(">I", raw[:4])
+    zero, code, ndim = magic >> 16, (magic >> 8) & 0xFF, magic & 0xFF
+    if expected_magic is not None and magic != expected_magic:
+        raise ValueError(
+            f"{path}: idx magic number is {magic} (0x{magic:08x}), expected {expected_magic} "
+            f"(0x{expected_magic:08x}); wrong or corrupt file"
+        )
+    if zero != 0 or code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an idx file (magic number 0x{magic:08x})")
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(
+            f"{path}: idx data has {len(raw) - header} bytes, dims {dims} need {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find_file(folders: list[Path], name: str) -> Path | None:
+    for folder in folders:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+# -- loaders -----------------------------------------------------------------------------
+# Each loader takes (root, val_fraction, seed, download) positionally, then its own
+# keyword-only options; load_dataset checks option names against the signature.
+
+
+def _load_digits(
+    root: Path, val_fraction: float, seed: int, download: bool, *, n_test: int = 360
+) -> DataBundle:
+    """sklearn's bundled 8x8 digits (1,797 images, 10 classes), scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.int64)
+    return _held_out_bundle("digits", x, y, 10, n_test, val_fraction, seed)
+
+
+MNIST10K_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def mnist10k_folders(root: Path) -> list[Path]:
+    """Where mnist10k looks for its idx files, in order."""
+    return [root, root / "MNIST" / "raw", root / "mnist-t10k"]
+
+
+def _load_mnist10k(
+    root: Path, val_fraction: float, seed: int, download: bool, *, n_test: int = 2000
+) -> DataBundle:
+    """The official MNIST test split (10,000 images) re-split into train/val/test."""
+    folders = mnist10k_folders(root)
+    images, labels = (_find_file(folders, name) for name in MNIST10K_FILES)
+    if (images is None or labels is None) and download:
+        _torchvision_dataset("mnist", root, train=False, download=True)  # fills root/MNIST/raw
+        images, labels = (_find_file(folders, name) for name in MNIST10K_FILES)
+    if images is None or labels is None:
+        looked = ", ".join(str(f) for f in folders)
+        raise DataNotFoundError(
+            f"mnist10k: {MNIST10K_FILES[0]}[.gz] and {MNIST10K_FILES[1]}[.gz] not found in any "
+            f"of: {looked}. Get them with download=True (--download), which uses "
+            f"torchvision.datasets.MNIST to fetch them into {root / 'MNIST' / 'raw'}, or copy "
+            f"the two files from https://ossci-datasets.s3.amazonaws.com/mnist/ into one of "
+            f"those folders (or point the data root at a folder that holds them)."
+        )
+    x = read_idx(images, IDX_IMAGES_MAGIC)
+    y = read_idx(labels, IDX_LABELS_MAGIC)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"mnist10k: {images} has {x.shape[0]} images but {labels} has {y.shape[0]} labels")
+    xt = torch.from_numpy(x.copy()).float().unsqueeze(1) / 255.0
+    yt = torch.from_numpy(y.astype(np.int64))
+    return _held_out_bundle("mnist10k", xt, yt, 10, n_test, val_fraction, seed)
+
+
+# torchvision data sets: class name, the folder torchvision reads, where to get the files.
+_TORCHVISION = {
+    "mnist": ("MNIST", "MNIST/raw", "http://yann.lecun.com/exdb/mnist/ (mirror: https://ossci-datasets.s3.amazonaws.com/mnist/)"),
+    "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extract it in the data root)"),
+}
+
+
+def _torchvision_dataset(name: str, root: Path, *, train: bool, download: bool) -> Any:
+    """Build a torchvision data set, turning "not found"/download failures into DataNotFoundError."""
+    import torchvision
+
+    cls_name, folder, source = _TORCHVISION[name]
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        return cls(root=str(root), train=train, download=download)
+    except (RuntimeError, OSError) as err:  # missing files, or a failed download (no network)
+        how = (
+            f"the download failed ({type(err).__name__}: {err}); fetch the files by hand"
+            if download
+            else "pass download=True (--download) to fetch them, or fetch them by hand"
+        )
+        raise DataNotFoundError(
+            f"{name}: torchvision.datasets.{cls_name} found no usable files in {root / folder}; "
+            f"{how} from {source} into {root / folder}."
+        ) from err
+
+
+def _load_torchvision(
+    name: str, root: Path, val_fraction: float, seed: int, download: bool, *, normalize: bool
+) -> DataBundle:
+    train = _torchvision_dataset(name, root, train=True, download=download)
+    test = _torchvision_dataset(name, root, train=False, download=download)
+
+    def convert(ds: Any) -> tuple[Tensor, Tensor]:
+        data = torch.as_tensor(np.asarray(ds.data))
+        x = data.float() / 255.0
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+        if normalize:
+            mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        return x, torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+
+    x_train, y_train = convert(train)
+    x_test, y_test = convert(test)
+    return _tensor_bundle(
+        name, x_train, y_train, x_test, y_test, len(train.classes), val_fraction, seed
+    )
+
+
+def _load_mnist(root: Path, val_fraction: float, seed: int, download: bool) -> DataBundle:
+    """MNIST (60,000 train / 10,000 test), pixels scaled to [0, 1] (as Caffe's LeNet)."""
+    return _load_torchvision("mnist", root, val_fraction, seed, download, normalize=False)
+
+
+def _load_fashion_mnist(root: Path, val_fraction: float, seed: int, download: bool) -> DataBundle:
+    """Fashion-MNIST (60,000 train / 10,000 test), pixels scaled to [0, 1]."""
+    return _load_torchvision("fashion-mnist", root, val_fraction, seed, download, normalize=False)
+
+
+def _load_cifar10(
+    root: Path, val_fraction: float, seed: int, download: bool, *, normalize: bool = True
+) -> DataBundle:
+    """CIFAR-10 (50,000 train / 10,000 test); per-channel standardized unless normalize=False
+    ([0, 1] then). No augmentation: the splits are plain tensors."""
+    return _load_torchvision("cifar10", root, val_fraction, seed, download, normalize=normalize)
+
+
+def _imagenet_dir(root: Path) -> Path:
+    for candidate in (root / "imagenet", root):
+        if (candidate / "train").is_dir() and (candidate / "val").is_dir():
+            return candidate
+    raise DataNotFoundError(
+        f"imagenet: no ImageFolder layout (train/<class>/*.JPEG and val/<class>/*.JPEG) in "
+        f"{root / 'imagenet'} or {root}. It cannot be downloaded automatically: get ILSVRC2012 "
+        f"from https://image-net.org/, sort the validation images into one folder per class "
+        f"(the same class folder names as train/) and place train/ and val/ there."
+    )
+
+
+def _load_imagenet(
+    root: Path,
+    val_fraction: float,
+    seed: int,
+    download: bool,
+    *,
+    resize: int = 256,
+    crop: int = 224,
+    augment: bool = False,
+    num_workers: int = 2,
+) -> DataBundle:
+    """An ImageFolder tree: val carved from train/, test = the val/ folder.
+
+    Evaluation transform: resize, center crop, ImageNet normalization. With augment=True the
+    training split uses RandomResizedCrop(crop) + horizontal flip instead.
+    """
+    from torchvision import datasets, transforms
+
+    base = _imagenet_dir(root)
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    plain = transforms.Compose(
+        [transforms.Resize(resize), transforms.CenterCrop(crop), transforms.ToTensor(), normalize]
+    )
+    train_tf = (
+        transforms.Compose(
+            [
+                transforms.RandomResizedCrop(crop),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        )
+        if augment
+        else plain
+    )
+    train_all = datasets.ImageFolder(str(base / "train"), transform=train_tf)
+    val_all = datasets.ImageFolder(str(base / "train"), transform=plain)  # same files, no augmentation
+    test = datasets.ImageFolder(str(base / "val"), transform=plain)
+    if test.classes != train_all.classes:
+        raise ValueError(
+            f"imagenet: {base / 'val'} has {len(test.classes)} class folders, {base / 'train'} has "
+            f"{len(train_all.classes)}; they must have the same class folder names"
+        )
+    tr, va = carve_val(len(train_all), val_fraction, seed)
+
+    def split(ds: Dataset) -> DatasetSplit:
+        return DatasetSplit(ds, num_workers=num_workers)
+
+    # A grayscale/odd image still comes out as 3 channels: ImageFolder's loader converts to RGB.
+    return DataBundle(
+        name="imagenet",
+        train=split(Subset(train_all, tr.tolist())),
+        val=split(Subset(val_all, va.tolist())),
+        test=split(test),
+        num_classes=len(train_all.classes),
+        input_shape=(3, crop, crop),
+    )
+
+
+def parse_shape(shape: str | int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """``"1x28x28"`` / ``(1, 28, 28)`` / ``64`` -> a tuple of positive ints."""
+    try:
+        if isinstance(shape, str):
+            dims = tuple(int(s) for s in shape.lower().replace(",", "x").split("x") if s.strip())
+        elif isinstance(shape, int):
+            dims = (shape,)
+        else:
+            dims = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        dims = ()
+    if not dims or any(d < 1 for d in dims):
+        raise ValueError(f"shape must be positive ints like '1x28x28' or (1, 28, 28), got {shape!r}")
+    return dims
+
+
+def _load_synthetic(
+    root: Path,
+    val_fraction: float,
+    seed: int,
+    download: bool,
+    *,
+    shape: str | tuple[int, ...] = "1x28x28",
+    num_classes: int = 10,
+    n_train: int = 1000,
+    n_test: int = 200,
+) -> DataBundle:
+    """Gaussian inputs labelled by a fixed random linear map (argmax), so it can be learnt.
+    The data do not depend on ``seed``; the train/val carve does. For speed tests."""
+    dims = parse_shape(shape)
+    if num_classes < 2 or n_train < 1 or n_test < 1:
+        raise ValueError(
+            f"synthetic needs num_classes >= 2, n_train >= 1, n_test >= 1; got "
+            f"{num_classes}, {n_train}, {n_test}"
+        )
+    g = torch.Generator().manual_seed(TEST_SPLIT_SEED)
+    x = torch.randn((n_train + n_test, *dims), generator=g)
+    w = torch.randn(num_classes, x[0].numel(), generator=g)
+    y = (x.flatten(1) @ w.T).argmax(1)
+    return _tensor_bundle(
+        "synthetic", x[:n_train], y[:n_train], x[n_train:], y[n_train:], num_classes, val_fraction, seed
+    )
+
+
+DATASETS: dict[str, Callable[..., DataBundle]] = {
+    "digits": _load_digits,
+    "mnist10k": _load_mnist10k,
+    "mnist": _load_mnist,
+    "fashion-mnist": _load_fashion_mnist,
+    "cifar10": _load_cifar10,
+    "imagenet": _load_imagenet,
+    "synthetic": _load_synthetic,
+}
+DEFAULT_DATASET = "digits"
+
+
+def dataset_names() -> list[str]:
+    return list(DATASETS)
+
+
+def data_root(root: str | Path | None = None) -> Path:
+    """``root``, else ``$STUDY_DATA_ROOT``, else ``~/.cache/sensitivity-study/data``."""
+    chosen = root if root is not None else os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+    return Path(chosen).expanduser()
+
+
+# -- options (shared with study.models) ---------------------------------------------------
+
+
+def option_defaults(func: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword-only parameters of ``func`` and their defaults: its options."""
+    return {
+        p.name: p.default
+        for p in inspect.signature(func).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def _coerce(what: str, key: str, value: Any, default: Any) -> Any:
+    """Strings from the command line (``--set``) become the default's type."""
+    if not isinstance(value, str) or default is None or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(default, (int, float)):
+            return type(default)(value)
+        if isinstance(default, tuple):
+            return tuple(int(s) for s in value.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise ValueError(
+            f"{what}: option {key}={value!r} is not a valid {type(default).__name__}"
+        ) from None
+    return value
+
+
+def check_options(what: str, func: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Reject unknown option names (listing the valid ones) and coerce string values."""
+    defaults = option_defaults(func)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        valid = ", ".join(sorted(defaults)) or "none"
+        raise ValueError(f"{what}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
+    return {k: _coerce(what, k, v, defaults[k]) for k, v in options.items()}
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    download: bool = False,
+    **options: Any,
+) -> DataBundle:
+    """Load a registered data set with deterministic train/val/test splits."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(dataset_names())}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    loader = DATASETS[name]
+    options = check_options(f"dataset {name!r}", loader, options)
+    return loader(data_root(root), val_fraction, seed, download, **options)

@@ -1,0 +1,112 @@
+"""The Method interface: the only thing the training loop knows about a sparsifier.
+
+A method is a small class with typed hyperparameters (a dataclass ``Params``) and
+hooks that the loop calls in this order, every step and every epoch::
+
+    attach(model)                      once, before the optimizer is built
+    loss = data_loss + penalty(model)  every step
+    loss.backward(); after_backward(model, x, y)
+    optimizer.step(); after_step(model) (then masks are re-applied)
+    end_epoch(model, epoch, phase)     thresholding, prune/retrain schedules
+    effective_weights(model)           what sparsity accounting counts
+
+This module imports nothing of any concrete method.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from study import sparsity
+
+Phase = Literal["reach", "sparsify"]
+PHASES: tuple[Phase, ...] = ("reach", "sparsify")
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """Facts about the run that some methods need (e.g. L0 scales λ by 1/N)."""
+
+    train_size: int
+    num_classes: int
+    epochs: int
+    steps_per_epoch: int
+
+
+@dataclass
+class MethodParams:
+    """Base class of every method's hyperparameters; subclasses add typed fields."""
+
+
+class Method:
+    """Base class: a method with no regularizer that keeps its masks applied.
+
+    Subclasses set ``name``, ``citation`` and ``Params`` and override the hooks they
+    need. ``self.masks`` holds boolean keep-masks keyed by prunable parameter name;
+    once a weight is pruned it stays at exactly zero.
+    """
+
+    name: ClassVar[str] = "base"
+    citation: ClassVar[str] = ""
+    Params: ClassVar[type[MethodParams]] = MethodParams
+
+    def __init__(self, params: MethodParams, context: MethodContext) -> None:
+        self.params = params
+        self.context = context
+        self.masks: dict[str, Tensor] = {}
+
+    # -- hooks ---------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Set up what the method needs (gates, buffers). Called before the optimizer exists."""
+
+    def penalty(self, model: nn.Module) -> Tensor | None:
+        """A term added to the data loss, or None."""
+        return None
+
+    def after_backward(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+        """Work that needs this step's batch and the pre-step weights."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Update after the optimizer step; the base class re-applies the masks."""
+        self.apply_masks(model)
+
+    def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
+        """End-of-epoch work such as thresholding."""
+
+    def effective_weights(self, model: nn.Module) -> dict[str, Tensor]:
+        """The prunable weights as they act in the evaluated network."""
+        return sparsity.prunable_weights(model)
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Extra per-epoch metrics to report (e.g. sensitivity statistics)."""
+        return {}
+
+    # -- helpers shared by methods -------------------------------------------
+    def apply_masks(self, model: nn.Module) -> None:
+        if self.masks:
+            sparsity.apply_masks(sparsity.prunable_weights(model), self.masks)
+
+    def prune(self, model: nn.Module, keep: dict[str, Tensor]) -> None:
+        """Add ``keep`` (True = keep) to the masks and zero what is pruned."""
+        self.masks = sparsity.combine_masks(self.masks, keep)
+        self.apply_masks(model)
+
+    def threshold_prune(self, model: nn.Module, threshold: float) -> None:
+        """Prune every prunable weight with |w| < threshold (a no-op for threshold 0)."""
+        if threshold > 0:
+            self.prune(model, sparsity.threshold_masks(sparsity.prunable_weights(model), threshold))
+
+    # -- checkpointing -------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": {k: v.cpu() for k, v in self.masks.items()}}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        self.masks = {k: v.to(device) for k, v in state.get("masks", {}).items()}
+
+
+def param_fields(params_cls: type[MethodParams]) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(params_cls)}
