@@ -6,7 +6,13 @@ import types
 import typing
 from typing import Any
 
+from baselines.gmp import GradualMagnitude
+from baselines.l0 import L0HardConcrete
+from baselines.l1 import L1
+from baselines.magnitude import Magnitude
 from baselines.none import NoRegularization
+from baselines.sparse_vd import SparseVD
+from baselines.weight_decay import WeightDecay
 from study.method import Method, MethodContext, MethodParams
 from study.sensitivity import SensitivitySpec, SensitivityUnspec
 
@@ -16,6 +22,12 @@ METHODS: dict[str, type[Method]] = {
         NoRegularization,
         SensitivityUnspec,
         SensitivitySpec,
+        WeightDecay,
+        L1,
+        Magnitude,
+        L0HardConcrete,
+        SparseVD,
+        GradualMagnitude,
     )
 }
 

@@ -10,7 +10,7 @@ method's internals. Every epoch yields one record of the DESIGN.md metrics.
 """
 from __future__ import annotations
 
-import math
+import copy
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -157,17 +157,18 @@ def fit(
         state = _State(**resume["state"])
 
     def checkpoint() -> dict[str, Any]:
-        return {
+        # A deep copy: the live tensors keep changing after the callback returns.
+        return copy.deepcopy({
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "method": method.state_dict(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "state": asdict(state),
-        }
+        })
 
     status: Literal["finished", "diverged"] = "finished"
-    while state.epoch < config.epochs:
+    while state.epoch < config.epochs and status == "finished":
         state.epoch += 1
         start = time.perf_counter()
         model.train()
@@ -177,6 +178,9 @@ def fit(
             loss = F.cross_entropy(logits, y)
             penalty = method.penalty(model)
             total = loss if penalty is None else loss + penalty
+            if not torch.isfinite(total.detach()):
+                status = "diverged"
+                break
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             method.after_backward(model, x, y)
@@ -184,10 +188,8 @@ def fit(
             method.after_step(model)
             loss_sum += loss.item() * len(y)
             seen += len(y)
-        train_loss = loss_sum / max(seen, 1)
-        if not math.isfinite(train_loss):
-            status = "diverged"
-        else:
+        train_loss = loss_sum / max(seen, 1) if status == "finished" else float("nan")
+        if status == "finished":
             method.end_epoch(model, state.epoch, state.phase)
 
         val_loss, val_error = evaluate(model, data.val)
@@ -213,8 +215,6 @@ def fit(
         state.phase = next_phase(state, config, val_error)
         for callback in callbacks:
             callback.on_epoch_end(record, checkpoint)
-        if status == "diverged":
-            break
         if config.patience and state.epochs_above_target >= config.patience:
             break
 
