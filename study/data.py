@@ -229,14 +229,19 @@ def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
         raise ValueError(
             f"{path}: idx data has {len(raw) - header} bytes, dims {dims} need {expected}"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return array.astype(dtype.newbyteorder("="))  # native byte order, and a writable copy
 
 
-def _find_file(folders: list[Path], name: str) -> Path | None:
+def _find_pair(folders: list[Path], names: tuple[str, str]) -> tuple[Path, Path] | None:
+    """The first folder holding both files (each plain or .gz), so images and labels match."""
     for folder in folders:
-        for candidate in (folder / name, folder / f"{name}.gz"):
-            if candidate.is_file():
-                return candidate
+        found = []
+        for name in names:
+            plain, gz = folder / name, folder / f"{name}.gz"
+            found.append(plain if plain.is_file() else gz if gz.is_file() else None)
+        if found[0] is not None and found[1] is not None:
+            return found[0], found[1]
     return None
 
 
@@ -270,59 +275,100 @@ def _load_mnist10k(
 ) -> DataBundle:
     """The official MNIST test split (10,000 images) re-split into train/val/test."""
     folders = mnist10k_folders(root)
-    images, labels = (_find_file(folders, name) for name in MNIST10K_FILES)
-    if (images is None or labels is None) and download:
-        _torchvision_dataset("mnist", root, train=False, download=True)  # fills root/MNIST/raw
-        images, labels = (_find_file(folders, name) for name in MNIST10K_FILES)
-    if images is None or labels is None:
+    pair = _find_pair(folders, MNIST10K_FILES)
+    failure = ""
+    if pair is None and download:
+        try:  # torchvision fetches all four MNIST files into root/MNIST/raw
+            _torchvision_dataset("mnist", root, train=False, download=True)
+        except DataNotFoundError as err:
+            failure = " ".join(str(err.__cause__).split())
+        pair = _find_pair(folders, MNIST10K_FILES)
+    if pair is None:
         looked = ", ".join(str(f) for f in folders)
+        how = (
+            f"The download failed ({failure})."
+            if failure
+            else f"Pass download=True (--download) to fetch them into {root / 'MNIST' / 'raw'} "
+            f"with torchvision.datasets.MNIST."
+        )
         raise DataNotFoundError(
             f"mnist10k: {MNIST10K_FILES[0]}[.gz] and {MNIST10K_FILES[1]}[.gz] not found in any "
-            f"of: {looked}. Get them with download=True (--download), which uses "
-            f"torchvision.datasets.MNIST to fetch them into {root / 'MNIST' / 'raw'}, or copy "
-            f"the two files from https://ossci-datasets.s3.amazonaws.com/mnist/ into one of "
-            f"those folders (or point the data root at a folder that holds them)."
+            f"of: {looked}. {how} Or copy the two .gz files from "
+            f"https://ossci-datasets.s3.amazonaws.com/mnist/ into one of those folders, or "
+            f"point the data root at a folder that holds them."
         )
+    images, labels = pair
     x = read_idx(images, IDX_IMAGES_MAGIC)
     y = read_idx(labels, IDX_LABELS_MAGIC)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"mnist10k: {images} has {x.shape[0]} images but {labels} has {y.shape[0]} labels")
-    xt = torch.from_numpy(x.copy()).float().unsqueeze(1) / 255.0
+        raise ValueError(
+            f"mnist10k: {images} has {x.shape[0]} images but {labels} has {y.shape[0]} labels"
+        )
+    xt = torch.from_numpy(x).float().unsqueeze(1) / 255.0
     yt = torch.from_numpy(y.astype(np.int64))
     return _held_out_bundle("mnist10k", xt, yt, 10, n_test, val_fraction, seed)
 
 
-# torchvision data sets: class name, the folder torchvision reads, where to get the files.
+# torchvision data sets: class name, the folder torchvision reads, how to fill it by hand.
+_MNIST_FILES = (
+    "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+    "t10k-labels-idx1-ubyte"
+)
 _TORCHVISION = {
-    "mnist": ("MNIST", "MNIST/raw", "http://yann.lecun.com/exdb/mnist/ (mirror: https://ossci-datasets.s3.amazonaws.com/mnist/)"),
-    "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extract it in the data root)"),
+    "mnist": (
+        "MNIST",
+        "MNIST/raw",
+        f"download the four .gz files from https://ossci-datasets.s3.amazonaws.com/mnist/ and "
+        f"gunzip them there ({_MNIST_FILES})",
+    ),
+    "fashion-mnist": (
+        "FashionMNIST",
+        "FashionMNIST/raw",
+        f"download the four .gz files from "
+        f"http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ and gunzip them there "
+        f"({_MNIST_FILES})",
+    ),
+    "cifar10": (
+        "CIFAR10",
+        "cifar-10-batches-py",
+        "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it in "
+        "the data root",
+    ),
 }
 
 
 def _torchvision_dataset(name: str, root: Path, *, train: bool, download: bool) -> Any:
-    """Build a torchvision data set, turning "not found"/download failures into DataNotFoundError."""
+    """A torchvision data set; "not found" and failed downloads become DataNotFoundError."""
     import torchvision
 
-    cls_name, folder, source = _TORCHVISION[name]
+    cls_name, folder, by_hand = _TORCHVISION[name]
     cls = getattr(torchvision.datasets, cls_name)
     try:
         return cls(root=str(root), train=train, download=download)
     except (RuntimeError, OSError) as err:  # missing files, or a failed download (no network)
+        detail = " ".join(str(err).split())  # torchvision's messages span several lines
         how = (
-            f"the download failed ({type(err).__name__}: {err}); fetch the files by hand"
+            f"the download failed ({type(err).__name__}: {detail})"
             if download
-            else "pass download=True (--download) to fetch them, or fetch them by hand"
+            else "pass download=True (--download) to fetch them"
         )
         raise DataNotFoundError(
             f"{name}: torchvision.datasets.{cls_name} found no usable files in {root / folder}; "
-            f"{how} from {source} into {root / folder}."
+            f"{how}. By hand: {by_hand}."
         ) from err
 
 
 def _load_torchvision(
-    name: str, root: Path, val_fraction: float, seed: int, download: bool, *, normalize: bool
+    name: str,
+    root: Path,
+    val_fraction: float,
+    seed: int,
+    download: bool,
+    *,
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None,
 ) -> DataBundle:
+    """Train = the official training split (val carved from it), test = the official test
+    split. Pixels to [0, 1], then (x - mean) / std per channel if ``mean_std`` is given."""
     train = _torchvision_dataset(name, root, train=True, download=download)
     test = _torchvision_dataset(name, root, train=False, download=download)
 
@@ -330,9 +376,8 @@ def _load_torchvision(
         data = torch.as_tensor(np.asarray(ds.data))
         x = data.float() / 255.0
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
-        if normalize:
-            mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
-            std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+        if mean_std is not None:
+            mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in mean_std)
             x = (x - mean) / std
         return x, torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
 
@@ -345,12 +390,12 @@ def _load_torchvision(
 
 def _load_mnist(root: Path, val_fraction: float, seed: int, download: bool) -> DataBundle:
     """MNIST (60,000 train / 10,000 test), pixels scaled to [0, 1] (as Caffe's LeNet)."""
-    return _load_torchvision("mnist", root, val_fraction, seed, download, normalize=False)
+    return _load_torchvision("mnist", root, val_fraction, seed, download, mean_std=None)
 
 
 def _load_fashion_mnist(root: Path, val_fraction: float, seed: int, download: bool) -> DataBundle:
     """Fashion-MNIST (60,000 train / 10,000 test), pixels scaled to [0, 1]."""
-    return _load_torchvision("fashion-mnist", root, val_fraction, seed, download, normalize=False)
+    return _load_torchvision("fashion-mnist", root, val_fraction, seed, download, mean_std=None)
 
 
 def _load_cifar10(
@@ -358,7 +403,8 @@ def _load_cifar10(
 ) -> DataBundle:
     """CIFAR-10 (50,000 train / 10,000 test); per-channel standardized unless normalize=False
     ([0, 1] then). No augmentation: the splits are plain tensors."""
-    return _load_torchvision("cifar10", root, val_fraction, seed, download, normalize=normalize)
+    mean_std = (CIFAR10_MEAN, CIFAR10_STD) if normalize else None
+    return _load_torchvision("cifar10", root, val_fraction, seed, download, mean_std=mean_std)
 
 
 def _imagenet_dir(root: Path) -> Path:
@@ -409,7 +455,7 @@ def _load_imagenet(
         else plain
     )
     train_all = datasets.ImageFolder(str(base / "train"), transform=train_tf)
-    val_all = datasets.ImageFolder(str(base / "train"), transform=plain)  # same files, no augmentation
+    val_all = datasets.ImageFolder(str(base / "train"), transform=plain)  # no augmentation
     test = datasets.ImageFolder(str(base / "val"), transform=plain)
     if test.classes != train_all.classes:
         raise ValueError(
@@ -444,7 +490,9 @@ def parse_shape(shape: str | int | tuple[int, ...] | list[int]) -> tuple[int, ..
     except (TypeError, ValueError):
         dims = ()
     if not dims or any(d < 1 for d in dims):
-        raise ValueError(f"shape must be positive ints like '1x28x28' or (1, 28, 28), got {shape!r}")
+        raise ValueError(
+            f"shape must be positive ints like '1x28x28' or (1, 28, 28), got {shape!r}"
+        )
     return dims
 
 
@@ -471,8 +519,9 @@ def _load_synthetic(
     x = torch.randn((n_train + n_test, *dims), generator=g)
     w = torch.randn(num_classes, x[0].numel(), generator=g)
     y = (x.flatten(1) @ w.T).argmax(1)
+    train, test = slice(0, n_train), slice(n_train, None)
     return _tensor_bundle(
-        "synthetic", x[:n_train], y[:n_train], x[n_train:], y[n_train:], num_classes, val_fraction, seed
+        "synthetic", x[train], y[train], x[test], y[test], num_classes, val_fraction, seed
     )
 
 
@@ -533,9 +582,9 @@ def _coerce(what: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def check_options(what: str, func: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
-    """Reject unknown option names (listing the valid ones) and coerce string values."""
-    defaults = option_defaults(func)
+def check_options(what: str, defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Reject unknown option names (listing the valid ones) and coerce string values to the
+    type of each option's default."""
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         valid = ", ".join(sorted(defaults)) or "none"
@@ -558,5 +607,5 @@ def load_dataset(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     loader = DATASETS[name]
-    options = check_options(f"dataset {name!r}", loader, options)
+    options = check_options(f"dataset {name!r}", option_defaults(loader), options)
     return loader(data_root(root), val_fraction, seed, download, **options)

@@ -111,7 +111,9 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[fl
         wrong += (logits.argmax(1) != y).sum().item()
         n += len(y)
     model.train(was_training)
-    return loss_sum / max(n, 1), 100.0 * wrong / max(n, 1)
+    if n == 0:  # an empty split (val_fraction=0) has no error, not a perfect one
+        return float("nan"), float("nan")
+    return loss_sum / n, 100.0 * wrong / n
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
