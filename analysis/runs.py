@@ -1,0 +1,430 @@
+"""MLflow → tidy pandas frames (the layout of API.md, "MLflow layout").
+
+``load_runs(tracking_uri, experiment)`` returns a ``Runs`` with three frames:
+
+- ``trials``: one row per trial: ids, ``status`` (finished, diverged, pruned, failed,
+  running) with boolean flags, ``config`` (all params except the seed), ``setting`` (a short
+  label of the method's own params for tables: ``lam`` and ``threshold``, plus any other that
+  varies between the method's trials), every param (numbers parsed), the final (latest)
+  metrics;
+- ``epochs``: one row per trial × epoch: the trial's ids, status and params, ``epoch``,
+  ``phase`` (reach, sparsify, or unknown when the trial logged no ``phase_index``) and every
+  metric logged at that step;
+- ``layers``: one row per trial × epoch × layer: ``remaining`` (fraction) and, for the
+  sensitivity methods, ``sens_q10``, ``sens_q50``, ``sens_q90``, ``sens_mean``,
+  ``sens_frac_ge1``.
+
+Failed, diverged, pruned, running and superseded trials are kept and flagged, never dropped;
+``Runs.usable_epochs()`` is the one place that leaves failed and superseded trials out.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.pareto import STANDARD_METRICS
+
+SEED_PARAMS: tuple[str, ...] = ("seed", "train.seed")
+#: Params that say where a trial ran, not what it is: not part of a configuration.
+NON_CONFIG_PARAMS: tuple[str, ...] = ("train.device",)
+CORE_PARAMS: tuple[str, ...] = ("method", "arch", "dataset")
+#: ``pruned``: stopped early by the scheduler (ASHA); like ``diverged``, its epochs count.
+STATUSES: tuple[str, ...] = ("finished", "diverged", "pruned", "failed", "running")
+#: Method params always named in a row's setting; others only when they vary in the study.
+KEY_SETTINGS: tuple[str, ...] = ("lam", "threshold")
+PHASE_NAMES: dict[int, str] = {0: "reach", 1: "sparsify"}
+SENS_STATS: tuple[str, ...] = ("q10", "q50", "q90", "mean", "frac_ge1")
+_MLFLOW_STATUS = {"FINISHED": "finished", "RUNNING": "running", "SCHEDULED": "running",
+                  "FAILED": "failed", "KILLED": "failed"}
+
+
+@dataclass
+class Runs:
+    """A study's runs as tidy frames, plus where they came from."""
+
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    layers: pd.DataFrame
+    experiment: str = ""
+    tracking_uri: str | None = None
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    params: list[str] = field(default_factory=list)         # every param column
+    config_params: list[str] = field(default_factory=list)  # params that define a configuration
+    layer_order: dict[str, list[str]] = field(default_factory=dict)  # arch -> layers
+    study: dict[str, Any] | None = None                      # the parent's study.yaml, parsed
+    parent_runs: list[str] = field(default_factory=list)     # every parent run, newest first
+
+    def layers_of(self, arch: str) -> list[str]:
+        """Layer names of ``arch`` in model order."""
+        if arch in self.layer_order:
+            return list(self.layer_order[arch])
+        names = self.layers.loc[self.layers["arch"] == arch, "layer"] if len(self.layers) else []
+        return natural_sorted(set(names))
+
+    def usable_epochs(self) -> pd.DataFrame:
+        """Epoch rows that may enter aggregates: not from failed or superseded trials.
+
+        Diverged trials stay: the epochs before the divergence are real measurements, and
+        their missing later epochs make those points incomplete (see pareto.aggregate_seeds).
+        """
+        keep = ~self.epochs["failed"] & ~self.epochs["superseded"]
+        return self.epochs[keep]
+
+
+def natural_sorted(names) -> list[str]:
+    """``fc2`` before ``fc10``, ``features.2`` before ``features.10``."""
+    def key(name: str):
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+    return sorted(names, key=key)
+
+
+def sqlite_uri(path: str | Path) -> str:
+    """An absolute SQLite tracking URI for a database file."""
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def absolute_tracking_uri(uri: str | None) -> str | None:
+    """Make a relative ``sqlite:///x.db`` or plain path absolute (MLflow 3 needs that)."""
+    if uri is None:
+        return None
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return sqlite_uri(uri[len("sqlite:///"):])
+    if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
+        path = Path(uri)
+        return path.resolve().as_uri() if path.is_dir() else sqlite_uri(path)
+    return uri
+
+
+def folder_tracking_uri(folder: str | Path) -> str:
+    """The tracking URI of a study's output folder: ``mlflow.db`` in it, else ``mlruns/``."""
+    folder = Path(folder)
+    if (folder / "mlflow.db").is_file():
+        return sqlite_uri(folder / "mlflow.db")
+    if (folder / "mlruns").is_dir():
+        return (folder / "mlruns").resolve().as_uri()
+    raise ValueError(f"{folder} holds no MLflow store: expected mlflow.db or mlruns/ in it")
+
+
+def list_experiments(tracking_uri: str | None) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    return [e.name for e in client.search_experiments() if e.name != "Default"]
+
+
+# -- loading ----------------------------------------------------------------------------------
+def load_runs(tracking_uri: str | None, experiment: str, *, parent: str = "latest",
+              bulk: bool = True) -> Runs:
+    """Load the trials of ``experiment`` into tidy frames.
+
+    Every ``study run`` opens a new parent run (a resumed one reopens its own), so
+    ``parent="latest"`` keeps the trials of the newest parent run; ``"all"`` keeps every
+    trial of the experiment; a run id keeps that parent's trials. Runs without a parent
+    (an experiment not written by ``study run``) are all kept.
+    ``bulk`` fetches each metric's history for all runs in one store call where the store
+    allows it (SQL stores); otherwise one call per run and metric.
+    """
+    from mlflow.tracking import MlflowClient
+
+    tracking_uri = absolute_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise ValueError(f"no experiment {experiment!r} at {tracking_uri}; experiments: {names}")
+    runs = _search_all(client, exp.experiment_id)
+    parents = sorted((r for r in runs if r.data.tags.get("study.role") == "parent"),
+                     key=lambda r: r.info.start_time or 0, reverse=True)
+    parent_ids = [p.info.run_id for p in parents]
+    trial_runs = [r for r in runs
+                  if r.data.tags.get("study.role") == "trial"
+                  or (r.data.tags.get("study.role") is None and r.info.run_id not in parent_ids)]
+    if parent == "all" or not parents:
+        chosen = parents[0] if parents else None
+    else:
+        chosen = parents[0] if parent == "latest" else next(
+            (p for p in parents if p.info.run_id == parent), None)
+        if chosen is None:
+            raise ValueError(f"no parent run {parent!r} in {experiment!r}; choose 'latest', "
+                             f"'all' or one of {parent_ids}")
+        trial_runs = [r for r in trial_runs
+                      if r.data.tags.get("mlflow.parentRunId") == chosen.info.run_id]
+    parent = chosen
+
+    trials, params, config_params = _trials_frame(trial_runs)
+    history = _histories(client, trial_runs, bulk=bulk)
+    epochs = _epochs_frame(trials, history, params)
+    layer_order = _layer_order(client, trials, epochs)
+    layers = _layers_frame(epochs, layer_order)
+    study = _study_yaml(client, parent.info.run_id) if parent is not None else None
+    return Runs(
+        trials=trials, epochs=epochs, layers=layers, experiment=experiment,
+        tracking_uri=tracking_uri, experiment_id=exp.experiment_id,
+        parent_run_id=parent.info.run_id if parent is not None else None,
+        params=params, config_params=config_params, layer_order=layer_order, study=study,
+        parent_runs=parent_ids,
+    )
+
+
+def load_study_folder(folder: str | Path, experiment: str | None = None) -> Runs:
+    """Load from a study's output folder; the experiment may be omitted when it is the only one."""
+    uri = folder_tracking_uri(folder)
+    if experiment is None:
+        names = list_experiments(uri)
+        if len(names) != 1:
+            raise ValueError(f"{folder} holds experiments {names}; name one with --experiment")
+        experiment = names[0]
+    return load_runs(uri, experiment)
+
+
+def _search_all(client, experiment_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _status(run) -> str:
+    """The layout's ``status`` tag, overruled when MLflow says the run itself failed."""
+    tag = run.data.tags.get("status")
+    state = _MLFLOW_STATUS.get(run.info.status, "running")
+    if tag in ("failed", "diverged"):
+        return tag
+    if state == "failed":  # crashed or killed before it could set its tag
+        return "failed"
+    return tag if tag in STATUSES else state
+
+
+def _parse_params(raw: pd.DataFrame) -> pd.DataFrame:
+    """MLflow params are strings: columns whose values are all numbers become numeric
+    (int64 when every value is a plain integer and none is missing); "None" is missing."""
+    out = raw.replace({"None": None, "": None})  # how an unset optional param is logged
+    for col in out.columns:
+        values = out[col].dropna().astype(str)
+        if values.empty or pd.to_numeric(values, errors="coerce").isna().any():
+            continue
+        if out[col].notna().all() and values.str.fullmatch(r"[-+]?\d+").all():
+            out[col] = values.astype("int64")
+        else:
+            out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
+    return out
+
+
+def _settings(raw: pd.DataFrame, methods: pd.Series) -> list[str]:
+    """Per trial: ``k=v`` for its method's own params (undotted, not method/arch/dataset/seed)
+    that are in ``KEY_SETTINGS`` or take more than one value among that method's trials."""
+    own = [c for c in raw.columns
+           if "." not in c and c not in CORE_PARAMS and c not in SEED_PARAMS]
+    shown: dict[str, list[str]] = {}
+    for method, part in raw[own].groupby(methods.to_numpy(), sort=False):
+        shown[method] = [c for c in own if part[c].notna().any()
+                         and (c in KEY_SETTINGS or part[c].nunique() > 1)]
+    return [", ".join(f"{c}={row[c]}" for c in shown[m] if row[c] not in (None, "", "None"))
+            for m, (_, row) in zip(methods, raw.iterrows())]
+
+
+def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]:
+    param_names: list[str] = []
+    for run in trial_runs:
+        for key in run.data.params:
+            if key not in param_names:
+                param_names.append(key)
+    lead = [p for p in (*CORE_PARAMS, "seed") if p in param_names]
+    missing_core = [p for p in CORE_PARAMS if p not in param_names]
+    param_names = lead + sorted(p for p in param_names if p not in lead)
+    config_params = [p for p in param_names if p not in SEED_PARAMS and p not in NON_CONFIG_PARAMS]
+
+    info_rows, raw_params, metric_rows = [], [], []
+    for run in trial_runs:
+        p = run.data.params
+        status = _status(run)
+        config = " ".join(f"{k}={p[k]}" for k in sorted(config_params) if k in p)
+        info_rows.append({
+            "run_id": run.info.run_id,
+            "trial_id": run.data.tags.get("study.trial_id", run.info.run_name or run.info.run_id),
+            "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
+            "run_name": run.info.run_name,
+            "status": status,
+            "mlflow_status": run.info.status,
+            "start_time": pd.to_datetime(run.info.start_time, unit="ms") if run.info.start_time else pd.NaT,
+            "end_time": pd.to_datetime(run.info.end_time, unit="ms") if run.info.end_time else pd.NaT,
+            "config": config,
+        })
+        raw_params.append({k: p.get(k) for k in param_names})
+        metric_rows.append(dict(run.data.metrics))
+
+    info = pd.DataFrame(info_rows, columns=[
+        "run_id", "trial_id", "parent_run_id", "run_name", "status", "mlflow_status",
+        "start_time", "end_time", "config"])
+    raw = pd.DataFrame(raw_params, columns=param_names)
+    methods = raw["method"].fillna("unknown") if "method" in raw else pd.Series(
+        ["unknown"] * len(raw))
+    info["setting"] = _settings(raw, methods) if len(raw) else []
+    params = _parse_params(raw)
+    metrics = pd.DataFrame(metric_rows)
+    metrics = metrics[[c for c in metrics.columns if c not in param_names and c not in info.columns]]
+    for p in missing_core:  # runs from outside the layout: still groupable
+        params[p] = "unknown"
+    trials = pd.concat([info, params, metrics.reset_index(drop=True)], axis=1)
+    for status in ("failed", "diverged", "pruned", "running"):
+        trials[status] = trials["status"] == status
+    # A retried trial logs a second run with the same trial id: the newest one counts.
+    newest = trials.sort_values("start_time", kind="stable").groupby("trial_id").tail(1).index
+    trials["superseded"] = ~trials.index.isin(newest)
+    return trials, [*param_names, *missing_core], config_params
+
+
+def _histories(client, trial_runs: list, *, bulk: bool) -> pd.DataFrame:
+    """All metric values: run_id, key, step, value, timestamp (the latest value per step wins)."""
+    keys_by_run = {r.info.run_id: list(r.data.metrics) for r in trial_runs}
+    all_keys = sorted({k for keys in keys_by_run.values() for k in keys})
+    rows: list[tuple] = []
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    bulk_fn = getattr(store, "get_metric_history_bulk", None) if bulk else None
+    if bulk_fn is not None:
+        try:
+            for key in all_keys:
+                ids = [rid for rid, keys in keys_by_run.items() if key in keys]
+                for start in range(0, len(ids), 500):  # stay under SQL parameter limits
+                    for m in bulk_fn(ids[start:start + 500], key, max_results=2**31 - 1):
+                        rows.append((m.run_id, key, m.metric.step, m.metric.value, m.metric.timestamp))
+        except Exception:  # an older or different store: fall back to the public API
+            rows, bulk_fn = [], None
+    if bulk_fn is None:
+        for rid, keys in keys_by_run.items():
+            for key in keys:
+                for m in client.get_metric_history(rid, key):
+                    rows.append((rid, key, m.step, m.value, m.timestamp))
+    hist = pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
+    # SQL stores keep ±inf as ±(largest float): turn them back (e.g. an all-pruned network's
+    # compression), so that they are not mistaken for finite numbers.
+    big = np.finfo(float).max
+    hist["value"] = hist["value"].astype(float).mask(hist["value"] >= big, np.inf).mask(
+        hist["value"] <= -big, -np.inf)
+    hist = hist.sort_values(["run_id", "key", "step", "timestamp"], kind="stable")
+    return hist.drop_duplicates(["run_id", "key", "step"], keep="last")
+
+
+def _epochs_frame(trials: pd.DataFrame, hist: pd.DataFrame, params: list[str]) -> pd.DataFrame:
+    id_cols = ["run_id", "trial_id", "status", "failed", "diverged", "pruned", "running",
+               "superseded",
+               "config", "setting", *params]
+    if hist.empty:
+        return pd.DataFrame(columns=[*id_cols, "epoch", "phase"])
+    # The layout logs step = epoch, so a metric named "epoch" only repeats the step.
+    hist = hist[hist["key"] != "epoch"]
+    wide = hist.pivot(index=["run_id", "step"], columns="key", values="value")
+    wide.columns.name = None
+    wide = wide.reset_index().rename(columns={"step": "epoch"})
+    wide["epoch"] = wide["epoch"].astype(int)
+    if "phase_index" in wide.columns:
+        phase = wide["phase_index"].map(lambda v: PHASE_NAMES.get(int(v)) if np.isfinite(v) else None)
+        has_phase = wide.groupby("run_id")["phase_index"].transform(lambda s: s.notna().any())
+        wide.insert(2, "phase", phase.where(has_phase, "unknown"))
+    else:
+        wide.insert(2, "phase", "unknown")
+    trials_part = trials[[c for c in id_cols if c in trials.columns]]
+    epochs = trials_part.merge(wide, on="run_id", how="inner")
+    # Columns: ids and params, epoch, phase, the DESIGN.md metrics in their order, the rest.
+    metrics = [c for c in wide.columns if c not in ("run_id", "epoch", "phase")]
+    standard = [m for m in STANDARD_METRICS if m in metrics]
+    rest = ([m for m in metrics if m.startswith("remaining.")]
+            + [m for m in metrics if m not in standard and not m.startswith("remaining.")])
+    epochs = epochs[[*trials_part.columns, "epoch", "phase", *standard, *rest]]
+    sort = ["config", *(p for p in ("seed",) if p in epochs.columns), "run_id", "epoch"]
+    return epochs.sort_values(sort, kind="stable").reset_index(drop=True)
+
+
+def _layer_names(columns) -> list[str]:
+    names: list[str] = []
+    for col in columns:
+        if col.startswith("remaining."):
+            name = col[len("remaining."):]
+        elif col.startswith("sens.") and col.rsplit(".", 1)[-1] in SENS_STATS:
+            name = col[len("sens."):].rsplit(".", 1)[0]
+        else:
+            continue
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _layer_order(client, trials: pd.DataFrame, epochs: pd.DataFrame) -> dict[str, list[str]]:
+    """Per architecture: layer order from a trial's ``layers.csv``, else natural sort."""
+    order: dict[str, list[str]] = {}
+    if epochs.empty or "arch" not in epochs.columns:
+        names = natural_sorted(_layer_names(epochs.columns))
+        return {"": names} if names else {}
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for arch, part in epochs.groupby("arch", sort=True):
+        present = [n for n in _layer_names(part.dropna(axis=1, how="all").columns)]
+        from_csv: list[str] = []
+        candidates = trials[trials["arch"] == arch].sort_values(
+            "status", key=lambda s: s != "finished", kind="stable")["run_id"]
+        for run_id in candidates.head(3):
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = client.download_artifacts(run_id, "layers.csv", tmp)
+                    from_csv = list(pd.read_csv(path)["layer"].astype(str))
+                break
+            except Exception:
+                continue
+        ordered = [n for n in from_csv if n in present]
+        order[str(arch)] = ordered + natural_sorted(n for n in present if n not in ordered)
+    return order
+
+
+def _layers_frame(epochs: pd.DataFrame, layer_order: dict[str, list[str]]) -> pd.DataFrame:
+    id_cols = [c for c in ("run_id", "trial_id", "status", "config", "method", "arch", "dataset",
+                           "seed", "epoch", "phase") if c in epochs.columns]
+    value_cols = ["remaining", *(f"sens_{s}" for s in SENS_STATS)]
+    parts = []
+    for layer in _layer_names(epochs.columns):
+        source = {"remaining": f"remaining.{layer}",
+                  **{f"sens_{s}": f"sens.{layer}.{s}" for s in SENS_STATS}}
+        present = {k: v for k, v in source.items() if v in epochs.columns}
+        part = epochs[id_cols + list(present.values())].rename(
+            columns={v: k for k, v in present.items()})
+        part = part.dropna(subset=list(present), how="all")
+        if part.empty:
+            continue
+        part.insert(len(id_cols), "layer", layer)
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=[*id_cols, "layer", "layer_index", *value_cols])
+    layers = pd.concat(parts, ignore_index=True)
+    for col in value_cols:
+        if col not in layers.columns:
+            layers[col] = np.nan
+    arch = layers["arch"].astype(str) if "arch" in layers.columns else pd.Series("", index=layers.index)
+    index = {(a, name): i for a, names in layer_order.items() for i, name in enumerate(names)}
+    layers.insert(len(id_cols) + 1, "layer_index",
+                  [index.get((a, n), -1) for a, n in zip(arch, layers["layer"])])
+    sort = [c for c in ("config", "seed", "run_id", "epoch", "layer_index") if c in layers.columns]
+    return layers[[*id_cols, "layer", "layer_index", *value_cols]].sort_values(
+        sort, kind="stable").reset_index(drop=True)
+
+
+def _study_yaml(client, parent_run_id: str) -> dict[str, Any] | None:
+    """The parent run's ``study.yaml`` artifact, parsed; None when absent or unreadable."""
+    import yaml
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(parent_run_id, "study.yaml", tmp)
+            data = yaml.safe_load(Path(path).read_text())
+    except Exception:
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,286 @@
+"""Loading a study from MLflow and reporting on it (analysis/runs.py, analysis/report.py).
+
+One small synthetic study (analysis/fake.py) is written once per module into a temporary
+SQLite store with the real layout: a parent run, 13 trials with a failed, a diverged, a
+pruned and a still-running one, per-epoch metrics, sensitivity statistics and artifacts.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from analysis import fake, tables  # noqa: E402
+from analysis.pareto import aggregate_seeds, brute_force_front  # noqa: E402
+from analysis.report import main, make_report  # noqa: E402
+from analysis.runs import load_runs, load_study_folder  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LAYERS = ["fc1", "fc2", "fc3"]
+TARGET = 1.95  # the study YAML's target_error (the trials logged train.target_error = 2.0)
+
+
+def _expected_epochs() -> dict[str, int]:
+    """Epochs each fake trial logs: 6, except the failed (3), diverged (5), pruned and
+    running (4)."""
+    out = {}
+    for method, params, seeds, special in fake.TRIALS:
+        for seed in seeds:
+            trial = "-".join([method, *(f"{k}{v}" for k, v in params.items()), f"s{seed}"])
+            last = special.get(seed, ("finished", 6))[1]
+            if method == "sensitivity-spec" and seed == seeds[-1]:
+                last = 4
+            out[trial] = last
+    return out
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    ids = fake.make_fake_study(uri, "tiny", artifact_location=(root / "artifacts").as_uri(),
+                               target_error=2.0)
+    return root, uri, ids
+
+
+@pytest.fixture(scope="module")
+def runs(study):
+    _, uri, _ = study
+    return load_runs(uri, "tiny")
+
+
+@pytest.fixture(scope="module")
+def report(study, runs):
+    """The report made the way `study report study.yaml` makes it (a fresh load included)."""
+    root, _, _ = study
+    torch_before = "torch" in sys.modules
+    cfg = root / "study.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "tiny", "output_dir": str(root),
+                                   "target_error": TARGET}))
+    out = main(str(cfg))
+    assert out == root / "report"
+    if not torch_before:  # analysis/ must not pull in the training side, even indirectly
+        assert "torch" not in sys.modules
+    return out
+
+
+def test_trials_frame_keeps_and_flags_every_trial(runs, study):
+    _, _, ids = study
+    t = runs.trials.set_index("trial_id")
+    assert len(t) == 13 and set(t["run_id"]) == {v for k, v in ids.items() if k != "parent"}
+    assert t.loc["magnitude-threshold0.05-s1", "status"] == "failed"
+    assert t.loc["magnitude-threshold0.05-s1", "failed"]
+    assert t.loc["l1-lam0.0001-threshold0.001-s1", "diverged"]
+    assert t.loc["sensitivity-spec-lam1e-05-threshold0.001-s1", "running"]
+    assert t.loc["weight-decay-lam0.0005-s0", "pruned"]
+    assert (t["status"] == "finished").sum() == 9 and not t["superseded"].any()
+    # Params are typed; configurations ignore the seed; final metrics are the last epoch's.
+    assert t["seed"].dtype == np.int64 and t["lam"].dtype == float
+    s0, s1 = t.loc["sensitivity-unspec-lam1e-05-threshold0.001-s0"], \
+        t.loc["sensitivity-unspec-lam1e-05-threshold0.001-s1"]
+    assert s0["config"] == s1["config"] and "seed" not in s0["config"]
+    assert "train.device" not in s0["config"] and s0["setting"] == "lam=1e-05, threshold=0.001"
+    assert s0["compression"] == pytest.approx(
+        runs.epochs.query("run_id == @s0.run_id and epoch == 6")["compression"].item())
+    assert runs.parent_run_id == ids["parent"]
+    assert runs.study["target_error"] == 2.0
+
+
+def test_epochs_and_layers_frames(runs):
+    ep = runs.epochs
+    counts = ep.groupby("trial_id")["epoch"].agg(["count", "max"])
+    expected = _expected_epochs()
+    assert counts["count"].to_dict() == expected and counts["max"].to_dict() == expected
+    assert set(ep["phase"]) == {"reach", "sparsify"}
+    assert (ep.loc[ep["epoch"] <= 2, "phase"] == "reach").all()
+    diverged = ep[ep["diverged"] & (ep["epoch"] == 5)]
+    assert math.isnan(diverged["train_loss"].item())   # NaN metrics survive the round trip
+    assert runs.layer_order == {"lenet300": LAYERS}
+    ly = runs.layers
+    assert len(ly) == 3 * len(ep)
+    row = ly[(ly["run_id"] == ep["run_id"].iloc[0]) & (ly["epoch"] == 6) & (ly["layer"] == "fc1")]
+    assert row["remaining"].item() == pytest.approx(
+        ep[(ep["run_id"] == ep["run_id"].iloc[0]) & (ep["epoch"] == 6)]["remaining.fc1"].item())
+    sens = ly[ly["method"] == "sensitivity-unspec"]
+    assert sens["sens_frac_ge1"].notna().all() and ly[ly["method"] == "l1"]["sens_q50"].isna().all()
+    assert list(ly.sort_values("layer_index")["layer"].unique()) == LAYERS
+
+
+def test_bulk_and_per_run_loading_agree(study, runs):
+    _, uri, _ = study
+    slow = load_runs(uri, "tiny", bulk=False)
+    pd.testing.assert_frame_equal(slow.epochs, runs.epochs)
+
+
+def test_aggregation_of_a_real_store(runs):
+    agg = aggregate_seeds(runs.usable_epochs()).set_index(["method", "epoch"])
+    mag = agg.loc["magnitude"]
+    assert (mag["n_trials"] == 1).all()                    # the failed seed is left out
+    l1 = agg.loc["l1"]
+    assert l1.loc[4, "complete"] and not l1.loc[5, "complete"]  # diverged at epoch 5
+    spec = agg.loc["sensitivity-spec"]
+    assert spec.loc[4, "candidate"] and not spec.loc[5, "complete"]  # one seed still running
+
+
+def test_report_files(report, runs, tmp_path):
+    figs = {p.name for p in (report / "figures").iterdir()}
+    for name in ("pareto", "layer_profile", "training_curves", "sensitivity"):
+        for ext in ("png", "pdf"):
+            path = report / "figures" / f"{name}_lenet300_mnist.{ext}"
+            assert path.name in figs and path.stat().st_size > 5000, path
+    for ext in ("md", "csv", "tex"):
+        assert (report / "tables" / f"table_lenet300_mnist.{ext}").is_file()
+    md = (report / "report.md").read_text()
+    assert md.count("![") == 4 and "Trials that did not finish" in md
+    for trial in ("magnitude-threshold0.05-s1", "l1-lam0.0001-threshold0.001-s1",
+                  "weight-decay-lam0.0005-s0"):
+        assert trial in md
+    html = (report / "report.html").read_text()
+    assert html.count("<img ") == 4 and "</html>" in html
+    tex = (report / "tables" / "table_lenet300_mnist.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
+    if shutil.which("pdflatex"):
+        doc = report / "check.tex"
+        doc.write_text(tables.latex_document(tex))
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
+                               "-output-directory", str(tmp_path), str(doc)],
+                              capture_output=True, text=True, timeout=120)
+        doc.unlink()
+        assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_report_logged_on_parent_run(report, runs):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=runs.tracking_uri)
+    top = {a.path for a in client.list_artifacts(runs.parent_run_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/figures", "report/tables"} <= top
+    figs = {a.path for a in client.list_artifacts(runs.parent_run_id, "report/figures")}
+    assert "report/figures/pareto_lenet300_mnist.pdf" in figs
+
+
+def _brute_force_points(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Seed aggregation written out with loops, independent of aggregate_seeds."""
+    rows = []
+    usable = epochs[~epochs["failed"] & ~epochs["superseded"]]
+    for config, part in usable.groupby("config"):
+        trials = set(part["run_id"])
+        for epoch, at in part.groupby("epoch"):
+            ok = [r for _, r in at.iterrows()
+                  if all(np.isfinite(r[c]) for c in ("test_error", "val_error", "compression",
+                                                     "train_loss"))]
+            if len({r["run_id"] for r in ok}) != len(trials) or any(
+                    r["phase"] != "sparsify" for r in ok):
+                continue
+            rows.append({"config": config, "epoch": epoch, "method": ok[0]["method"],
+                         "arch": ok[0]["arch"], "dataset": ok[0]["dataset"],
+                         "compression": sum(r["compression"] for r in ok) / len(ok),
+                         "test_error": sum(r["test_error"] for r in ok) / len(ok),
+                         "val_error": sum(r["val_error"] for r in ok) / len(ok)})
+    return pd.DataFrame(rows)
+
+
+def test_front_csv_equals_brute_force(report, runs):
+    csv = pd.read_csv(report / "tables" / "pareto_front.csv")
+    points = _brute_force_points(runs.epochs)
+    brute = brute_force_front(points, x="compression", y="test_error")
+    assert len(csv) > 0
+    assert set(zip(csv["config"], csv["epoch"])) == set(zip(brute["config"], brute["epoch"]))
+    merged = csv.merge(brute, on=["config", "epoch"])
+    np.testing.assert_allclose(merged["compression_mean"], merged["compression"], rtol=1e-12)
+    np.testing.assert_allclose(merged["test_error_mean"], merged["test_error"], rtol=1e-12)
+
+
+def test_table_rows_follow_the_rule(report, runs):
+    table = pd.read_csv(report / "tables" / "table_lenet300_mnist.csv")
+    points = _brute_force_points(runs.epochs)
+    measured = table[table["source"] == "this study"].set_index("method")
+    assert set(measured.index) == {"none", "magnitude", "l1", "sensitivity-unspec",
+                                   "sensitivity-spec", "weight-decay"}
+    assert (table["source"] == "reported").sum() == 9   # Table 1 of the paper
+    for method, row in measured.iterrows():
+        ok = points[(points["method"] == method) & (points["val_error"] <= TARGET)]
+        if ok.empty:
+            assert not row["met_target"]
+            continue
+        best = ok.sort_values(["compression", "val_error"], ascending=[False, True]).iloc[0]
+        assert row["compression"] == pytest.approx(best["compression"])
+        assert row["test_error"] == pytest.approx(best["test_error"])
+        assert row["val_error"] <= TARGET and row["target_error"] == TARGET
+        # Per-layer % and the error spread, by hand from the trials at that epoch.
+        at = runs.epochs[(runs.epochs["config"] == best["config"])
+                         & (runs.epochs["epoch"] == best["epoch"]) & ~runs.epochs["failed"]]
+        assert row["remaining_pct.fc1"] == pytest.approx(100 * at["remaining.fc1"].mean())
+        if len(at) > 1:
+            assert row["test_error_std"] == pytest.approx(at["test_error"].std(ddof=1))
+
+
+def test_main_reads_the_study_yaml(report):
+    ops = pd.read_csv(report / "tables" / "operating_points.csv")
+    assert (ops["target_error"] == TARGET).all()
+    assert (ops.loc[ops["met_target"], "val_error_mean"] <= TARGET).all()
+    assert "validation error ≤ 1.95% (the study's target_error)" in (report / "report.md").read_text()
+
+
+def test_other_ways_to_name_a_study(study, monkeypatch):
+    root, uri, _ = study
+    assert len(load_study_folder(root).trials) == 13   # the output folder alone is enough
+    with pytest.raises(ValueError, match="no experiment 'nope'"):
+        load_runs(uri, "nope")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ValueError, match="--tracking-uri"):
+        main("not-a-file-or-folder")
+
+
+def test_report_on_a_study_that_just_started(study, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    _, uri, _ = study
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("fresh", artifact_location=(tmp_path / "art").as_uri())
+    trials = {}
+    for start, name in ((1_000, "old"), (2_000, "new")):  # `study run` twice: two parents
+        parent = client.create_run(exp, start_time=start, tags={"study.role": "parent"})
+        trials[name] = client.create_run(
+            exp, start_time=start + 1, tags={"mlflow.parentRunId": parent.info.run_id,
+                                             "study.role": "trial", "study.trial_id": "t0",
+                                             "status": "running"})
+        client.log_param(trials[name].info.run_id, "method", "l1")
+        trials[name + "_parent"] = parent
+    trial = trials["new"]
+    runs = load_runs(uri, "fresh")
+    assert runs.trials["run_id"].tolist() == [trial.info.run_id]   # the newest study run
+    assert runs.parent_run_id == trials["new_parent"].info.run_id and len(runs.parent_runs) == 2
+    assert len(load_runs(uri, "fresh", parent="all").trials) == 2
+    old = load_runs(uri, "fresh", parent=trials["old_parent"].info.run_id)
+    assert old.trials["run_id"].tolist() == [trials["old"].info.run_id]
+    assert runs.trials["running"].tolist() == [True] and runs.epochs.empty
+    # An all-pruned network's compression is inf; the SQL store keeps it as the largest float.
+    client.log_metric(trial.info.run_id, "compression", math.inf, step=1)
+    runs = load_runs(uri, "fresh")
+    assert runs.epochs["compression"].tolist() == [math.inf]
+    out = make_report(runs, tmp_path / "rep")
+    md = (out / "report.md").read_text()
+    assert "No trial has logged a complete epoch yet" in md and "2 parent runs" in md
+    assert (out / "report.html").is_file()
+
+
+def test_analysis_never_imports_the_training_side():
+    forbidden = ("torch", "study.train", "study.runner", "study.trial", "study.methods", "ray")
+    for path in (REPO / "analysis").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(forbidden), f"{path.name} imports {name}"
