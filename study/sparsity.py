@@ -23,12 +23,12 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def prunable_weights(model: nn.Module) -> dict[str, Tensor]:
     """The prunable weight tensors, keyed by parameter name (e.g. ``fc1.weight``)."""
-    return {f"{name}.weight": m.weight for name, m in prunable_layers(model).items()}
+    return {f"{name}.weight" if name else "weight": m.weight for name, m in prunable_layers(model).items()}
 
 
 def layer_of(param_name: str) -> str:
     """``fc1.weight`` → ``fc1``: the layer name used in ``remaining.<layer>``."""
-    return param_name.rsplit(".", 1)[0]
+    return param_name.rsplit(".", 1)[0] if "." in param_name else ""
 
 
 def threshold_masks(weights: dict[str, Tensor], threshold: float) -> dict[str, Tensor]:
