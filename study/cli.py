@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -189,6 +190,111 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_study(args: argparse.Namespace) -> Any:
+    from study.config import load_study
+
+    return load_study(args.file, args.set or ())
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from study.config import describe_plan
+
+    config = _load_study(args)
+    print(f"{args.file}: valid study {config.name!r}" + (f" ({config.description})" if config.description else ""))
+    print(describe_plan(config))
+    if args.show:
+        print(config.to_yaml(), end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from study.config import describe_plan
+    from study.runner import load_optuna_study, run_study
+
+    config = _load_study(args)
+    if not args.quiet:
+        console.print(describe_plan(config), highlight=False, soft_wrap=True)
+    start = time.perf_counter()
+    outcome = run_study(config, address=args.address, resume=args.resume, source_text=Path(args.file).read_text())
+    took = time.perf_counter() - start
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.statuses.items())) or "no trial runs"
+    state = "complete" if outcome.complete else "interrupted (continue with --resume)"
+    console.print(f"study {config.name} {state} in {took:.1f}s: {counts}", highlight=False, soft_wrap=True)
+    console.print(f"MLflow: {outcome.tracking_uri}, experiment {config.experiment_name!r}, parent run "
+                  f"{outcome.parent_run_id}", highlight=False, soft_wrap=True)
+    console.print(f"browse: mlflow ui --backend-store-uri {outcome.tracking_uri}", highlight=False, soft_wrap=True)
+    if outcome.optuna_study and outcome.complete:
+        study = load_optuna_study(outcome.output_dir, outcome.optuna_study)
+        names = [o.metric for o in config.search.objectives]
+        best = study.best_trials if len(names) > 1 else [study.best_trial]
+        console.print(f"Optuna {'Pareto set' if len(names) > 1 else 'best trial'} "
+                      f"({outcome.optuna_storage}, study {outcome.optuna_study}):", highlight=False, soft_wrap=True)
+        for t in best:
+            values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, t.values))
+            console.print(f"  #{t.number} {values}  {t.params}", highlight=False, soft_wrap=True)
+    if not outcome.complete:
+        return 130
+    return 1 if outcome.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import main as report_main  # lazily: the analysis side is heavy
+
+    target, tracking_uri, experiment, out = args.target, args.tracking_uri, args.experiment, args.out
+    path = Path(target)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        # a study file: find its runs the way `study run` stored them
+        from study.config import load_study
+
+        config = load_study(path, args.set or ())
+        tracking_uri = tracking_uri or config.resolved_tracking_uri
+        experiment = experiment or config.experiment_name
+        out = out or config.output_path / "report"
+    written = report_main(target, Path(out) if out else None, args.target_error, tracking_uri, experiment)
+    print(written)
+    return 0
+
+
+def add_study_parsers(sub: argparse._SubParsersAction) -> None:
+    sets = {"action": "append", "metavar": "KEY=VALUE",
+            "help": "override a study field, repeatable; dotted keys, YAML values, e.g. "
+                    "--set train.epochs=5 --set 'methods.l1.lam=[1e-4, 1e-3]'"}
+    p = sub.add_parser(
+        "run", help="run a study: its trials on Ray Tune, logged to MLflow",
+        description="Run every trial of a study on Ray Tune (in-process on every core, or on the cluster "
+        "at --address / $RAY_ADDRESS) and log each trial to MLflow as a child of the study's parent run.",
+    )
+    p.add_argument("file", help="study YAML file")
+    p.add_argument("--set", **sets)
+    p.add_argument("--address", default=None,
+                   help="join this Ray cluster (e.g. 10.0.0.1:6379, started with `ray start --head`); "
+                   "default $RAY_ADDRESS, else start Ray in-process")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the study's last interrupted run (Tuner.restore) instead of starting a new one")
+    p.add_argument("--quiet", action="store_true", help="do not print the plan first")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a study file and print the expanded plan",
+                       description="Validate a study file (names, parameters, options) and print how many "
+                       "trials of which method it would run.")
+    p.add_argument("file", help="study YAML file")
+    p.add_argument("--set", **sets)
+    p.add_argument("--show", action="store_true", help="also print the full study with every default filled in")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("report", help="tables and figures from a study's finished runs",
+                       description="Turn finished runs into Pareto fronts, per-layer profiles, training curves "
+                       "and tables (Markdown, LaTeX, CSV; figures as PNG and PDF).")
+    p.add_argument("target", help="study YAML file, study output folder, or MLflow experiment name")
+    p.add_argument("--out", default=None, help="report folder (default <output_dir>/report)")
+    p.add_argument("--target-error", type=float, default=None,
+                   help="validation error (%%) an operating point may not exceed")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the study's)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the study's)")
+    p.add_argument("--set", **sets)
+    p.set_defaults(func=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="study",
@@ -197,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(sub)
+    add_study_parsers(sub)
     sub.add_parser("list", help="list the registered data sets, architectures and methods").set_defaults(func=cmd_list)
     return parser
 
@@ -208,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        console.print(f"[red]error:[/] {message}", highlight=False)
+        console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")

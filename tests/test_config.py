@@ -1,0 +1,184 @@
+"""The study file: schema, defaults, errors that name the field, --set overrides, the plan,
+and every shipped config. No Ray here."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from study import cli
+from study.config import (
+    apply_overrides, describe_plan, grid_trials, load_study, parse_yaml, plan, study_from_dict,
+)
+from study.methods import method_names
+from study.tracking import resolve_tracking_uri, sqlite_uri
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SHIPPED = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "literature.yaml")
+
+
+def test_empty_study_has_working_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = study_from_dict({})
+    assert config.datasets == ["digits"] and config.archs == ["lenet300"] and config.seeds == [0]
+    assert config.search.kind == "grid" and config.resources.cpus_per_trial == 1
+    assert config.output_path == tmp_path / "runs" / "study"
+    assert config.resolved_tracking_uri == f"sqlite:///{tmp_path}/runs/study/mlflow.db"
+    assert config.experiment_name == "study"
+    assert len(grid_trials(config)) == len(config.methods)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"trian": {}}, "unknown field 'trian'; valid: name, description, datasets"),
+    ({"train": {"lrr": 0.1}}, "unknown field 'train.lrr'; valid: epochs, batch_size, lr"),
+    ({"search": {"kind": "random"}}, "search.kind"),
+    ({"train": {"epochs": 0}}, "train.epochs"),
+    ({"methods": {"l2": {}}}, "unknown method 'l2'; valid: none, sensitivity-unspec"),
+    ({"methods": {"l1": {"lamda": 1e-4}}}, "unknown parameter 'lamda' for method 'l1' (methods.l1.lamda); valid: lam"),
+    ({"methods": {"l1": {"lam": -1.0}}}, "lam must be >= 0"),
+    ({"methods": {"sensitivity-spec": {"output": "probs"}}}, "methods.sensitivity-spec.output"),
+    ({"methods": {"l1": {"lam": {"low": 1e-4, "high": 1e-2}}}}, "a range in a grid search needs num"),
+    ({"methods": {"l1": {"lam": {"low": 1e-2, "high": 1e-4, "num": 2}}}}, "must be below high"),
+    ({"methods": {"l1": {"lam": [1e-4, 1e-4]}}}, "values repeat"),
+    ({"datasets": ["mnist9"]}, "unknown dataset 'mnist9'; valid: digits"),
+    ({"archs": ["resnet"]}, "unknown arch 'resnet'; valid: lenet300"),
+    ({"data": {"options": {"digits": {"n_tst": 3}}}}, "unknown option(s) n_tst; valid options: n_test"),
+    ({"data": {"options": {"mnist": {}}}}, "not one of the study's datasets"),
+    ({"model": {"options": {"lenet300": {"relu": True}}}}, "unknown option(s) relu"),
+    ({"seeds": [1, 1]}, "seeds repeat"),
+    ({"search": {"objectives": [{"metric": "accuracy"}]}}, "unknown metric 'accuracy'"),
+    ({"search": {"kind": "optuna", "sampler": "nsga2"}}, "nsga2 is a multi-objective sampler"),
+    ({"search": {"kind": "optuna"}, "datasets": ["digits", "synthetic"]}, "one dataset and one arch"),
+    ({"name": "a b"}, "name"),
+])
+def test_mistakes_are_one_error_naming_the_field(raw: dict, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        study_from_dict(raw)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_reads_1e_minus_5_as_a_number() -> None:
+    assert parse_yaml("a: 1e-5\nb: [1e-3, 2.5E+2]\nc: 1_000\nd: .5") == {"a": 1e-5, "b": [1e-3, 250.0], "c": 1000, "d": 0.5}
+
+
+def test_set_overrides_any_field() -> None:
+    raw = {"train": {"lr": 0.1}, "methods": {"none": {}}}
+    out = apply_overrides(raw, ["train.lr=1e-3", "methods.l1.lam=[1e-4, 1e-3]", "seeds=3",
+                                "train.target_error=null", "name=other"])
+    assert out == {"train": {"lr": 1e-3, "target_error": None}, "name": "other", "seeds": 3,
+                   "methods": {"none": {}, "l1": {"lam": [1e-4, 1e-3]}}}
+    assert raw == {"train": {"lr": 0.1}, "methods": {"none": {}}}  # not modified
+    config = study_from_dict(out)
+    assert config.seeds == [0, 1, 2] and config.train.lr == 1e-3
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        apply_overrides(raw, ["train.lr"])
+    with pytest.raises(ValueError, match="not a section"):
+        apply_overrides(raw, ["train.lr.x=1"])
+
+
+def test_grid_expands_methods_parameters_and_seeds() -> None:
+    config = study_from_dict({
+        "methods": {"none": {}, "l1": {"lam": [1e-4, 1e-3], "threshold": {"low": 1e-3, "high": 1e-1, "num": 3, "log": True}}},
+        "seeds": [0, 1],
+    })
+    trials = grid_trials(config)
+    assert len(trials) == 2 + 2 * 3 * 2
+    l1 = [t for t in trials if t.method == "l1"]
+    assert sorted({t.params["threshold"] for t in l1}) == [1e-3, 1e-2, 1e-1]
+    assert all(len(t.seeds) == 1 for t in trials)
+    assert {(t.params["lam"], t.params["threshold"], t.seeds[0]) for t in l1} == {
+        (lam, thr, s) for lam in (1e-4, 1e-3) for thr in (1e-3, 1e-2, 1e-1) for s in (0, 1)}
+    rows = {r.method: r for r in plan(config)}
+    assert (rows["l1"].configurations, rows["l1"].seeds, rows["l1"].trials) == (6, 2, 12)
+    assert "grid search: 14 trials" in describe_plan(config)
+
+
+def test_parameter_values_take_the_declared_type() -> None:
+    config = study_from_dict({"methods": {"magnitude": {"rounds": "3", "quality": 1},
+                                          "weight-decay": {"lam": [0, "1e-3"]}}})
+    trials = grid_trials(config)
+    magnitude = next(t for t in trials if t.method == "magnitude")
+    assert magnitude.params == {"rounds": 3, "quality": 1.0} and isinstance(magnitude.params["quality"], float)
+    assert sorted(t.params["lam"] for t in trials if t.method == "weight-decay") == [0.0, 1e-3]
+
+
+def test_methods_list_and_seed_count_shorthands() -> None:
+    config = study_from_dict({"methods": ["none", "l1"], "seeds": 2, "datasets": "digits"})
+    assert config.methods == {"none": {}, "l1": {}} and config.seeds == [0, 1] and config.datasets == ["digits"]
+
+
+def test_optuna_search_accepts_ranges_and_checks_their_ends() -> None:
+    config = study_from_dict({"search": {"kind": "optuna", "num_samples": 5},
+                              "methods": {"l1": {"lam": {"low": 1e-6, "high": 1e-2, "log": True}}}})
+    assert "5 sampled configurations" in describe_plan(config)
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        study_from_dict({"search": {"kind": "optuna"}, "methods": {"l1": {"lam": {"low": -1.0, "high": 1.0}}}})
+
+
+def test_config_hash_follows_the_design_not_the_output() -> None:
+    base = study_from_dict({})
+    assert study_from_dict({"output_dir": "/elsewhere", "experiment": "x"}).config_hash() == base.config_hash()
+    assert study_from_dict({"train": {"lr": 0.05}}).config_hash() != base.config_hash()
+
+
+def test_tracking_uris_are_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri(None, tmp_path / "out") == f"sqlite:///{tmp_path}/out/mlflow.db"
+    assert resolve_tracking_uri("sqlite:///rel.db", "x") == sqlite_uri(tmp_path / "rel.db")
+    assert resolve_tracking_uri("sqlite:////abs/m.db", "x") == "sqlite:////abs/m.db"
+    assert resolve_tracking_uri("store.db", "x") == sqlite_uri(tmp_path / "store.db")
+    assert resolve_tracking_uri("http://head:5000", "x") == "http://head:5000"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "valid study" in out and ("grid search:" in out or "optuna search" in out)
+    assert load_study(path).name == path.stem
+
+
+def test_the_shipped_studies_are_all_there() -> None:
+    assert {p.stem for p in SHIPPED} >= {
+        "quickstart", "lenet300_mnist", "lenet5_mnist", "vgg16_imagenet", "vgg16_cifar10",
+        "generalization", "ablation_lambda_T", "pareto_search", "mnist10k"}
+
+
+def test_quickstart_covers_every_registered_method_with_two_seeds() -> None:
+    config = load_study(CONFIGS / "quickstart.yaml")
+    trials = grid_trials(config)
+    assert set(config.methods) == set(method_names())
+    assert len(config.seeds) >= 2 and len(trials) >= 12
+    assert config.datasets == ["digits"] and config.archs == ["lenet300"] and config.train.epochs <= 20
+
+
+def test_validate_with_set_and_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    quick = str(CONFIGS / "quickstart.yaml")
+    assert cli.main(["validate", quick, "--set", "seeds=[0, 1, 2]", "--set", "methods.l1.lam=[1e-5, 1e-4]"]) == 0
+    out = capsys.readouterr().out
+    assert "l1                  2        3      6" in out
+    assert cli.main(["validate", quick, "--set", "train.epoch=3"]) == 2
+    assert "unknown field 'train.epoch'" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods: {l1: {lam: [1e-4}\n")
+    assert cli.main(["validate", str(bad)]) == 2
+    assert cli.main(["validate", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_report_finds_the_runs_of_a_study_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    import analysis.report
+
+    calls = []
+
+    def fake_main(target, out, target_error, tracking_uri, experiment):
+        calls.append((target, out, target_error, tracking_uri, experiment))
+        return Path(out or "somewhere")
+
+    monkeypatch.setattr(analysis.report, "main", fake_main)
+    quick = str(CONFIGS / "quickstart.yaml")
+    assert cli.main(["report", quick, "--set", f"output_dir={tmp_path}", "--target-error", "2.5"]) == 0
+    assert calls[-1] == (quick, tmp_path / "report", 2.5, f"sqlite:///{tmp_path}/mlflow.db", "quickstart")
+    assert cli.main(["report", "some-experiment", "--tracking-uri", "http://x:5000", "--out", str(tmp_path)]) == 0
+    assert calls[-1] == ("some-experiment", tmp_path, None, "http://x:5000", None)
