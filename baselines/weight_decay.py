@@ -29,7 +29,7 @@ def l2_penalty(weights: Iterable[Tensor], lam: float) -> Tensor:
 
 @dataclass
 class WeightDecayParams(MethodParams):
-    lam: float = 1e-3  # λ of (λ/2)‖w‖²
+    lam: float = 1e-2  # λ of (λ/2)‖w‖²: every step shrinks w by lr·λ·w
     threshold: float = 1e-3  # T: |w| < T is pruned at the end of every sparsify epoch
 
     def __post_init__(self) -> None:

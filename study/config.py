@@ -324,11 +324,11 @@ def _typed(method: str, param: str, value: Any) -> Any:
     """``value`` coerced to the declared type of ``method``'s parameter (strings, int -> float)."""
     import typing
 
-    from study.methods import _coerce, method_class
+    from study.methods import coerce_value, method_class
 
     hint = typing.get_type_hints(method_class(method).Params)[param]
     try:
-        value = _coerce(value, hint, param)
+        value = coerce_value(value, hint, param)
     except ValueError as err:
         raise ValueError(f"methods.{method}.{param}: {err}") from None
     floats = hint is float or (typing.get_origin(hint) is not None and float in typing.get_args(hint))

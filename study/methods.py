@@ -43,7 +43,7 @@ def method_class(name: str) -> type[Method]:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}") from None
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
+def coerce_value(value: Any, annotation: Any, where: str) -> Any:
     """Turn a command-line string into the dataclass field's declared type."""
     if not isinstance(value, str):
         return value
@@ -57,7 +57,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if value.lower() in ("none", "null") and type(None) in options:
             return None
         inner = [a for a in options if a is not type(None)]
-        return _coerce(value, inner[0], where) if len(inner) == 1 else value
+        return coerce_value(value, inner[0], where) if len(inner) == 1 else value
     if annotation is bool:
         if value.lower() in ("1", "true", "yes", "on"):
             return True
@@ -83,7 +83,7 @@ def make_params(name: str, values: dict[str, Any] | None = None) -> MethodParams
     if unknown:
         valid = ", ".join(sorted(fields)) or "(none)"
         raise ValueError(f"unknown parameter {unknown[0]!r} for method {name!r}; valid: {valid}")
-    coerced = {k: _coerce(v, hints[k], k) for k, v in values.items()}
+    coerced = {k: coerce_value(v, hints[k], k) for k, v in values.items()}
     return params_cls(**coerced)
 
 
