@@ -17,15 +17,23 @@ How S is computed, exactly and cheaply (one extra forward with hooks, then backw
 the layers' outputs only; no per-sample Python loops):
 
 * The hooks capture, per Linear/Conv layer, its input ``a`` and its output ``z`` (before the
-  activation). One backward (specific) or one batched backward over the C classes
-  (unspecific, ``is_grads_batched``) gives δ = ∂y_k/∂z per sample.
+  activation). One backward (specific) or batched backwards over the C classes (unspecific,
+  ``is_grads_batched``) give δ = ∂y_k/∂z per sample.
+* **Class chunking** (unspecific): δ for K classes holds K × Σ_layers numel(z) entries (for
+  VGG-16 on ImageNet, C = 1000 copies of every activation of the batch), so the classes are
+  processed ``class_chunk`` at a time: one forward, then per chunk one batched backward
+  (graph retained) whose δ is turned into that chunk's share of S and freed. S is a sum over
+  classes, so the result does not depend on the chunk size. Besides the forward's graph (as
+  in a training step), only one chunk's δ and backward intermediates of about that size exist
+  at a time. By default the chunk is the largest that keeps chunk × Σ_layers numel(z) ≤
+  DELTA_ELEMENTS (at least one class); smaller chunks mean more, smaller backward passes.
 * **Linear** layers: the per-sample gradient δ aᵀ is rank one, so |δ aᵀ| = |δ||a|ᵀ and
-  S_W = Dᵀ|A|/B exactly, with D = Σ_k α_k |δ_k| (one matmul per layer).
+  S_W = Dᵀ|A|/B exactly, with D = Σ_k α_k |δ_k| (one matmul per layer and chunk).
 * **Conv** layers: the per-sample gradient Σ_p δ_p a_pᵀ sums over output positions p, so the
   absolute value does not factor. ``conv="exact"`` unfolds the input and forms every
   per-sample (and, for unspecific, per-class) gradient with an einsum, in memory-bounded chunks.
   ``conv="bound"`` returns the cheaper upper bound Σ_p |δ_p||a_p|ᵀ (one weight-gradient
-  convolution per layer); it is a bound, not the sensitivity.
+  convolution per layer and chunk); it is a bound, not the sensitivity.
 * ``aggregate="batch"`` never needs per-sample gradients: per class, the batch-mean gradient is
   one matmul (Linear) or one weight-gradient convolution (Conv); the result is exact in both
   conv modes.
@@ -39,7 +47,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +75,9 @@ CITATION = (
 
 # Largest number of elements one chunk of per-sample conv gradients may hold (exact path).
 CHUNK_ELEMENTS = 2**25
+# Largest number of δ entries (classes per chunk × Σ_layers numel(z)) one unspecific backward
+# may return, when sensitivity() chooses the class chunk itself.
+DELTA_ELEMENTS = 2**25
 
 _CONV_WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight,
                      3: torch.nn.grad.conv3d_weight}
@@ -120,36 +131,48 @@ class _EvalMode:
             m.training = mode
 
 
-def _output_derivatives(y: Tensor, zs: list[Tensor], target: Tensor, kind: str) -> list[Tensor]:
-    """δ = ∂y_k/∂z for each captured output z, as (K, B, *z.shape[1:]).
+# -- backward passes, one chunk of classes at a time ---------------------------------------------
+class _Backward:
+    """Backward passes from the model output y (B, C) to the captured layer outputs zs.
 
-    unspec: K = C, one batched backward over the classes. spec: K = 1, the derivative of
-    sample n's true-class output, in one backward.
+    Each call returns δ = ∂y_k/∂z for every z, as (K, B, *z.shape[1:]) (zeros for a z that y
+    does not depend on). ``classes`` retains the graph so that the next chunk can follow.
     """
-    batch, classes = y.shape
-    if kind == "spec":
-        grad_out = F.one_hot(target, classes).to(y.dtype)
-        grads = torch.autograd.grad(y, zs, grad_out, allow_unused=True)
-        grads = [None if g is None else g.unsqueeze(0) for g in grads]
-    else:
-        eye = torch.eye(classes, dtype=y.dtype, device=y.device)
-        grad_out = eye[:, None, :].expand(classes, batch, classes)
-        try:
-            # retain_graph: should this fail, the fallback below still has the graph.
-            grads = torch.autograd.grad(y, zs, grad_out, allow_unused=True, retain_graph=True,
-                                        is_grads_batched=True)
-        except RuntimeError:
-            # Some operator without a vmap rule in its backward: one backward per class.
-            per_class = [torch.autograd.grad(y, zs, grad_out[k], allow_unused=True,
-                                             retain_graph=k < classes - 1) for k in range(classes)]
-            grads = [None if per_class[0][i] is None else torch.stack([g[i] for g in per_class])
-                     for i in range(len(zs))]
-    k = 1 if kind == "spec" else classes
-    return [torch.zeros((k, *z.shape), dtype=z.dtype, device=z.device) if g is None else g
-            for g, z in zip(grads, zs)]
+
+    def __init__(self, y: Tensor, zs: list[Tensor]) -> None:
+        self.y, self.zs = y, zs
+        self.batched = True  # False once a batched backward has failed: use per-class ones
+
+    def spec(self, target: Tensor) -> list[Tensor]:
+        """K = 1: the derivative of sample n's true-class output, in one backward (the last)."""
+        grad_out = F.one_hot(target, self.y.shape[1]).to(self.y.dtype)
+        grads = torch.autograd.grad(self.y, self.zs, grad_out, allow_unused=True)
+        return self._fill([None if g is None else g.unsqueeze(0) for g in grads], 1)
+
+    def classes(self, rows: range) -> list[Tensor]:
+        """K = len(rows): the derivatives of outputs k ∈ rows, in one batched backward."""
+        batch, classes = self.y.shape
+        eye = torch.eye(classes, dtype=self.y.dtype, device=self.y.device)[rows.start:rows.stop]
+        grad_out = eye[:, None, :].expand(len(rows), batch, classes)
+        if self.batched:
+            try:
+                grads = torch.autograd.grad(self.y, self.zs, grad_out, allow_unused=True,
+                                            retain_graph=True, is_grads_batched=True)
+                return self._fill(list(grads), len(rows))
+            except RuntimeError:
+                # Some operator without a vmap rule in its backward: one backward per class.
+                self.batched = False
+        per_class = [torch.autograd.grad(self.y, self.zs, g, allow_unused=True, retain_graph=True)
+                     for g in grad_out]
+        grads = [None if per_class[0][i] is None else torch.stack([g[i] for g in per_class])
+                 for i in range(len(self.zs))]
+        return self._fill(grads, len(rows))
+
+    def _fill(self, grads: list[Tensor | None], k: int) -> list[Tensor]:
+        return [torch.zeros((k, *z.shape), dtype=z.dtype, device=z.device) if g is None else g
+                for g, z in zip(grads, self.zs)]
 
 
-# -- per-layer sensitivities ---------------------------------------------------------------------
 @dataclass
 class _Weights:
     """How per-(class, sample) gradients combine into S.
@@ -162,13 +185,38 @@ class _Weights:
     groups: list[tuple[int, Tensor | None]]  # (row k of δ, sample indices or None = all)
 
 
-def _weights(kind: str, target: Tensor, batch: int, classes: int) -> _Weights:
+def _spec_weights(target: Tensor) -> _Weights:
+    """α = one-hot of the true class: δ has one row; the batch aggregate groups by class."""
+    groups = [(0, (target == c).nonzero().squeeze(1)) for c in torch.unique(target).tolist()]
+    return _Weights(1.0 / target.shape[0], groups)
+
+
+def _unspec_weights(batch: int, classes: int, rows: int) -> _Weights:
+    """α = 1/C for each of the ``rows`` classes of one chunk of δ."""
+    return _Weights(1.0 / (batch * classes), [(k, None) for k in range(rows)])
+
+
+def _derivative_chunks(y: Tensor, zs: list[Tensor], target: Tensor, kind: str,
+                       class_chunk: int | None) -> Iterator[tuple[list[Tensor], _Weights]]:
+    """(δ of every z, how to weigh it) for each chunk of classes; spec is a single chunk.
+
+    unspec: ``class_chunk`` classes per batched backward, or (None) the most whose δ fit in
+    DELTA_ELEMENTS entries, at least one.
+    """
+    backward = _Backward(y, zs)
     if kind == "spec":
-        groups = [(0, (target == c).nonzero().squeeze(1)) for c in torch.unique(target).tolist()]
-        return _Weights(1.0 / batch, groups)
-    return _Weights(1.0 / (batch * classes), [(k, None) for k in range(classes)])
+        yield backward.spec(target), _spec_weights(target)
+        return
+    batch, classes = y.shape
+    if class_chunk is None:
+        class_chunk = DELTA_ELEMENTS // max(1, sum(z.numel() for z in zs))
+    step = max(1, min(classes, class_chunk))
+    for k in range(0, classes, step):
+        rows = range(k, min(k + step, classes))
+        yield backward.classes(rows), _unspec_weights(batch, classes, len(rows))
 
 
+# -- per-layer sensitivities ---------------------------------------------------------------------
 def _linear_sensitivity(a: Tensor, delta: Tensor, aggregate: str, w: _Weights) -> tuple[Tensor, Tensor]:
     """Linear layer. a: (B, ..., I); delta: (K, B, ..., O). Returns (S_W (O, I), S_b (O,))."""
     k, batch = delta.shape[:2]
@@ -260,6 +308,13 @@ def _conv_sensitivity(conv: nn.modules.conv._ConvNd, a: Tensor, delta: Tensor, a
     return _per_sample_abs_sum(cols, flat, conv.groups, w.coef).reshape(conv.weight.shape), s_b
 
 
+def _layer_sensitivity(layer: nn.Module, a: Tensor, delta: Tensor, aggregate: str, conv: str,
+                       w: _Weights) -> tuple[Tensor, Tensor]:
+    if isinstance(layer, nn.Linear):
+        return _linear_sensitivity(a, delta, aggregate, w)
+    return _conv_sensitivity(layer, a, delta, aggregate, conv, w)
+
+
 def sensitivity(
     model: nn.Module,
     x: Tensor,
@@ -269,11 +324,14 @@ def sensitivity(
     aggregate: Aggregate = "sample",
     scope: Scope = "weights",
     conv: ConvMode = "exact",
+    class_chunk: int | None = None,
 ) -> dict[str, Tensor]:
     """The sensitivity S of the model's output to each parameter in scope, on batch (x, target).
 
     Keyed by parameter name (``fc1.weight``, and with ``scope="all"`` also ``fc1.bias``); each
     tensor has its parameter's shape. ``target`` holds int class labels (used by ``spec`` only).
+    ``class_chunk`` (unspec only): classes per batched backward; None chooses the most that keep
+    the δ of one chunk under DELTA_ELEMENTS entries. It changes memory and speed, not S.
     See the module docstring for the formulas and the cost of each path. The model's modes,
     hooks and parameter ``.grad`` are unchanged afterwards.
     """
@@ -282,6 +340,9 @@ def sensitivity(
     _check_choice("aggregate", aggregate, AGGREGATES)
     _check_choice("scope", scope, SCOPES)
     _check_choice("conv", conv, CONV_MODES)
+    if class_chunk is not None and (isinstance(class_chunk, bool) or not isinstance(class_chunk, int)
+                                    or class_chunk < 1):
+        raise ValueError(f"invalid class_chunk={class_chunk!r}; must be None (automatic) or an int >= 1")
     layers = sparsity.prunable_layers(model)
     if not layers:
         raise ValueError("sensitivity(): the model has no Linear or Conv layer")
@@ -297,33 +358,44 @@ def sensitivity(
             if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"sensitivity(): model output must be (batch, classes), "
                                  f"got {tuple(logits.shape)}")
-            classes = logits.shape[1]
-            if kind == "spec" and (target.min() < 0 or target.max() >= classes):
-                raise ValueError(f"sensitivity(): target labels must be in [0, {classes})")
             y = logits.softmax(1) if output == "softmax" else logits
-            names = [n for n in layers if n in capture.outputs]
-            deltas = _output_derivatives(y, [capture.outputs[n] for n in names], target, kind)
     finally:
         capture.remove()
+    batch, classes = y.shape
+    if kind == "spec" and (target.min() < 0 or target.max() >= classes):
+        raise ValueError(f"sensitivity(): target labels must be in [0, {classes})")
 
-    w = _weights(kind, target, x.shape[0], classes)
-    derivatives = dict(zip(names, deltas))
-    result: dict[str, Tensor] = {}
-    with torch.no_grad():
-        for name, layer in layers.items():
-            if name not in derivatives:
-                # A layer the forward pass never ran: the output does not depend on it, S = 0.
-                s_w = torch.zeros_like(layer.weight)
-                s_b = None if layer.bias is None else torch.zeros_like(layer.bias)
-            elif isinstance(layer, nn.Linear):
-                s_w, s_b = _linear_sensitivity(capture.inputs[name], derivatives[name], aggregate, w)
+    names = [n for n in layers if n in capture.outputs]  # layers the forward pass ran
+    zs = [capture.outputs[n] for n in names]
+
+    # S is a sum over classes, so each chunk of classes adds its part: only one chunk's δ
+    # (K × B × every layer's output) exists at a time.
+    totals: dict[str, tuple[Tensor, Tensor]] = {}
+    for deltas, w in _derivative_chunks(y, zs, target, kind, class_chunk):
+        with torch.no_grad():
+            parts = {name: _layer_sensitivity(layers[name], capture.inputs[name], delta,
+                                              aggregate, conv, w)
+                     for name, delta in zip(names, deltas)}
+        del deltas  # free this chunk's δ before the next backward
+        for name, (s_w, s_b) in parts.items():
+            if name in totals:
+                totals[name][0].add_(s_w)
+                totals[name][1].add_(s_b)
             else:
-                s_w, s_b = _conv_sensitivity(layer, capture.inputs[name], derivatives[name],
-                                             aggregate, conv, w)
-            prefix = f"{name}." if name else ""  # a bare layer's parameters are "weight", "bias"
-            result[f"{prefix}weight"] = s_w.reshape(layer.weight.shape).to(layer.weight.dtype)
-            if scope == "all" and layer.bias is not None:
-                result[f"{prefix}bias"] = s_b.reshape(layer.bias.shape).to(layer.bias.dtype)
+                totals[name] = (s_w, s_b)
+
+    result: dict[str, Tensor] = {}
+    for name, layer in layers.items():
+        if name in totals:
+            s_w, s_b = totals[name]
+        else:
+            # A layer the forward pass never ran: the output does not depend on it, S = 0.
+            s_w = torch.zeros_like(layer.weight)
+            s_b = None if layer.bias is None else torch.zeros_like(layer.bias)
+        prefix = f"{name}." if name else ""  # a bare layer's parameters are "weight", "bias"
+        result[f"{prefix}weight"] = s_w.reshape(layer.weight.shape).to(layer.weight.dtype)
+        if scope == "all" and layer.bias is not None:
+            result[f"{prefix}bias"] = s_b.reshape(layer.bias.shape).to(layer.bias.dtype)
     return result
 
 
@@ -351,6 +423,7 @@ class SensitivityParams(MethodParams):
     aggregate: Aggregate = "sample"
     scope: Scope = "weights"
     conv: ConvMode = "exact"
+    class_chunk: int = 0           # unspec: classes per backward; 0 = automatic (memory-bounded)
 
     def __post_init__(self) -> None:
         for name in ("lam", "threshold"):
@@ -364,6 +437,9 @@ class SensitivityParams(MethodParams):
         _check_choice("aggregate", self.aggregate, AGGREGATES)
         _check_choice("scope", self.scope, SCOPES)
         _check_choice("conv", self.conv, CONV_MODES)
+        if isinstance(self.class_chunk, bool) or not isinstance(self.class_chunk, int) \
+                or self.class_chunk < 0:
+            raise ValueError(f"invalid class_chunk={self.class_chunk!r}; must be an int >= 0 (0 = automatic)")
 
 
 class SensitivityMethod(Method):
@@ -387,7 +463,7 @@ class SensitivityMethod(Method):
     def compute_sensitivity(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         p = self.params
         return sensitivity(model, x, y, kind=self.kind, output=p.output, aggregate=p.aggregate,
-                           scope=p.scope, conv=p.conv)
+                           scope=p.scope, conv=p.conv, class_chunk=p.class_chunk or None)
 
     def after_backward(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
         s = self.compute_sensitivity(model, x, y)

@@ -18,6 +18,13 @@ OUTPUTS = ("logits", "softmax")
 AGGREGATES = ("sample", "batch")
 SCOPES = ("weights", "all")
 CLASSES = 3
+# Classes per unspecific backward: one at a time, uneven (2 + 1), all at once, automatic.
+CLASS_CHUNKS = (1, 2, 3, None)
+
+
+def chunkings(kind):
+    """The class_chunk values to try: chunking only applies to unspec."""
+    return CLASS_CHUNKS if kind == "unspec" else (None, 1)
 
 
 def jacobians(model, x, output):
@@ -97,8 +104,12 @@ def test_every_combination_matches_brute_force(model_name, bias):
     x, target = batch_for(model_name)
     jac = {output: jacobians(model, x, output) for output in OUTPUTS}
     for kind, output, aggregate, scope in itertools.product(KINDS, OUTPUTS, AGGREGATES, SCOPES):
-        got = sensitivity(model, x, target, kind, output, aggregate, scope)
-        assert_close(got, combine(jac[output], target, kind, aggregate, scope))
+        want = combine(jac[output], target, kind, aggregate, scope)
+        results = [sensitivity(model, x, target, kind, output, aggregate, scope, class_chunk=chunk)
+                   for chunk in chunkings(kind)]
+        for got in results:
+            assert_close(got, want)
+            assert_close(got, results[0], rtol=1e-12)  # chunking changes nothing but rounding
         if not bias or scope == "weights":
             assert all(name.endswith(".weight") for name in got)
 
@@ -125,8 +136,9 @@ def test_more_conv_shapes_match_brute_force():
     target = torch.tensor([1, 0, 2, 2])
     jac = {output: jacobians(model, x, output) for output in OUTPUTS}
     for kind, output, aggregate in itertools.product(KINDS, OUTPUTS, AGGREGATES):
-        got = sensitivity(model, x, target, kind, output, aggregate, "all")
-        assert_close(got, combine(jac[output], target, kind, aggregate, "all"))
+        for chunk in chunkings(kind):
+            got = sensitivity(model, x, target, kind, output, aggregate, "all", class_chunk=chunk)
+            assert_close(got, combine(jac[output], target, kind, aggregate, "all"))
 
 
 def test_grouped_conv2d_matches_brute_force():
@@ -136,9 +148,14 @@ def test_grouped_conv2d_matches_brute_force():
     x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
     target = torch.tensor([2, 0, 0])
     jac = jacobians(model, x, "logits")
-    for kind, aggregate in itertools.product(KINDS, AGGREGATES):
-        got = sensitivity(model, x, target, kind, "logits", aggregate, "all")
-        assert_close(got, combine(jac, target, kind, aggregate, "all"))
+    for kind, aggregate, conv in itertools.product(KINDS, AGGREGATES, ("exact", "bound")):
+        for chunk in chunkings(kind):
+            got = sensitivity(model, x, target, kind, "logits", aggregate, "all", conv, chunk)
+            if conv == "exact" or aggregate == "batch":
+                assert_close(got, combine(jac, target, kind, aggregate, "all"))
+            else:  # the bound does not depend on the chunking either
+                assert_close(got, sensitivity(model, x, target, kind, "logits", aggregate, "all",
+                                              conv), rtol=1e-12)
 
 
 def test_exact_path_chunks_give_the_same_result(monkeypatch):
@@ -148,6 +165,46 @@ def test_exact_path_chunks_give_the_same_result(monkeypatch):
     full = sensitivity(model, x, target, "unspec")
     monkeypatch.setattr("study.sensitivity.CHUNK_ELEMENTS", 50)  # forces one (class, sample) at a time
     assert_close(sensitivity(model, x, target, "unspec"), full, rtol=1e-12)
+
+
+def recording_grad(monkeypatch, fail_batched=False):
+    """Patch torch.autograd.grad to record the grad_outputs shape of every call."""
+    grad, calls = torch.autograd.grad, []
+
+    def recorded(outputs, inputs, grad_outputs=None, **kwargs):
+        calls.append((tuple(grad_outputs.shape), bool(kwargs.get("is_grads_batched"))))
+        if fail_batched and kwargs.get("is_grads_batched"):
+            raise RuntimeError("no batching rule")
+        return grad(outputs, inputs, grad_outputs, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", recorded)
+    return calls
+
+
+def test_automatic_class_chunk_keeps_delta_under_the_budget(monkeypatch):
+    """None: the most classes whose δ (chunk × Σ numel(z)) fit DELTA_ELEMENTS, at least one."""
+    torch.manual_seed(9)
+    model = convnet(True)
+    x, target = batch_for("conv")
+    want = sensitivity(model, x, target, "unspec", scope="all")
+    # Layer outputs per batch: conv1 (5, 3, 4, 5), conv2 (5, 4, 4, 4), linear (5, 3).
+    per_class = 5 * 3 * 4 * 5 + 5 * 4 * 4 * 4 + 5 * 3
+    calls = recording_grad(monkeypatch)
+    for budget, chunks in ((3 * per_class, [3]), (3 * per_class - 1, [2, 1]),
+                           (2 * per_class - 1, [1, 1, 1]), (1, [1, 1, 1])):
+        monkeypatch.setattr("study.sensitivity.DELTA_ELEMENTS", budget)
+        calls.clear()
+        assert_close(sensitivity(model, x, target, "unspec", scope="all"), want, rtol=1e-12)
+        assert calls == [((k, 5, CLASSES), True) for k in chunks]
+    # An explicit chunk overrides the budget; one larger than C is all classes at once.
+    for chunk, chunks in ((2, [2, 1]), (10, [3])):
+        calls.clear()
+        assert_close(sensitivity(model, x, target, "unspec", scope="all", class_chunk=chunk), want,
+                     rtol=1e-12)
+        assert calls == [((k, 5, CLASSES), True) for k in chunks]
+    calls.clear()
+    sensitivity(model, x, target, "spec", class_chunk=1)  # spec: one plain backward
+    assert calls == [((5, CLASSES), False)]
 
 
 def test_fallback_without_batched_backward(monkeypatch):
@@ -165,6 +222,17 @@ def test_fallback_without_batched_backward(monkeypatch):
 
     monkeypatch.setattr(torch.autograd, "grad", no_batched_grad)
     assert_close(sensitivity(model, x, target, "unspec", scope="all"), want, rtol=1e-12)
+
+
+def test_fallback_is_tried_once_per_call_with_class_chunks(monkeypatch):
+    torch.manual_seed(8)
+    model = convnet(True)
+    x, target = batch_for("conv")
+    want = sensitivity(model, x, target, "unspec", scope="all")
+    calls = recording_grad(monkeypatch, fail_batched=True)
+    assert_close(sensitivity(model, x, target, "unspec", scope="all", class_chunk=2), want, rtol=1e-12)
+    # The first chunk's batched backward fails; then one backward per class, no more retries.
+    assert calls == [((2, 5, CLASSES), True)] + [((5, CLASSES), False)] * CLASSES
 
 
 def test_conv_bound_is_the_bound_and_is_an_upper_bound():
@@ -289,6 +357,14 @@ def test_bad_choices(arg, value):
     x, target = batch_for("mlp")
     with pytest.raises(ValueError, match=f"invalid {arg}='{value}'; valid: "):
         sensitivity(model, x, target, **{arg: value})
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
+def test_bad_class_chunk(value):
+    model = mlp(True)
+    x, target = batch_for("mlp")
+    with pytest.raises(ValueError, match=f"invalid class_chunk={value!r}; must be None"):
+        sensitivity(model, x, target, class_chunk=value)
 
 
 def test_bad_inputs():

@@ -138,7 +138,27 @@ def test_method_classes():
 @pytest.mark.parametrize("field,value", [("lam", -1e-3), ("lam", 1.0), ("lam", float("nan")),
                                          ("threshold", -0.1), ("threshold", "0.1"),
                                          ("output", "probs"), ("aggregate", "mean"),
-                                         ("scope", "bias"), ("conv", "lower")])
+                                         ("scope", "bias"), ("conv", "lower"),
+                                         ("class_chunk", -1), ("class_chunk", 1.5),
+                                         ("class_chunk", True)])
 def test_bad_params(field, value):
     with pytest.raises(ValueError, match=f"invalid {field}="):
         SensitivityParams(**{field: value})
+
+
+@pytest.mark.parametrize("class_chunk,passed", [(0, None), (2, 2)])
+def test_class_chunk_reaches_sensitivity_and_changes_nothing(monkeypatch, class_chunk, passed):
+    model = tiny_model()
+    x, y = tiny_batch()
+    method = SensitivityUnspec(SensitivityParams(class_chunk=class_chunk), CONTEXT)
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["class_chunk"])
+        return sensitivity(*args, **kwargs)
+
+    monkeypatch.setattr("study.sensitivity.sensitivity", spy)
+    s = method.compute_sensitivity(model, x, y)
+    assert seen == [passed]  # 0 (the MLflow-friendly "automatic") becomes None
+    want = sensitivity(model, x, y, kind="unspec")
+    assert all(torch.allclose(s[name], want[name], rtol=1e-12, atol=0) for name in want)

@@ -60,6 +60,18 @@ def test_grid_study_end_to_end(ray_session: Any, tiny_study: Any) -> None:
     (entry,) = read_state(config.output_path)["runs"]
     assert entry["complete"] and entry["parent_run_id"] == parent.info.run_id
 
+    # ... and the analysis side reports on this real study.
+    from analysis.report import main as report
+
+    out = report(config.experiment_name, out=config.output_path / "report", target_error=100.0,
+                 tracking_uri=config.resolved_tracking_uri)
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    assert list((out / "figures").glob("pareto*.png")) and list((out / "figures").glob("pareto*.pdf"))
+    assert list((out / "figures").glob("layer_profile*.png"))
+    (table,) = (out / "tables").glob("table_lenet300_digits.md")
+    text = table.read_text()
+    assert "| L1 | this study |" in text and "| None (unpruned) | this study |" in text
+
 
 def test_crashed_trial_is_retried_from_its_checkpoint(ray_session: Any, tiny_study: Any) -> None:
     config = tiny_study("crash", methods={"l1": {}}, train={"epochs": 3})
