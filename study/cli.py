@@ -241,6 +241,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import main as report_main  # lazily: the analysis side is heavy
 
     target, tracking_uri, experiment, out = args.target, args.tracking_uri, args.experiment, args.out
+    target_error = args.target_error
     path = Path(target)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         # a study file: find its runs the way `study run` stored them
@@ -250,7 +251,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         tracking_uri = tracking_uri or config.resolved_tracking_uri
         experiment = experiment or config.experiment_name
         out = out or config.output_path / "report"
-    written = report_main(target, Path(out) if out else None, args.target_error, tracking_uri, experiment)
+        if target_error is None:  # so that --set train.target_error=... reaches the selection
+            target_error = config.train.target_error
+    written = report_main(target, Path(out) if out else None, target_error, tracking_uri, experiment)
     print(written)
     return 0
 
