@@ -251,7 +251,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         tracking_uri = tracking_uri or config.resolved_tracking_uri
         experiment = experiment or config.experiment_name
         out = out or config.output_path / "report"
-        if target_error is None:  # so that --set train.target_error=... reaches the selection
+        if target_error is None and args.set:  # so that --set train.target_error=... reaches the selection
             target_error = config.train.target_error
     written = report_main(target, Path(out) if out else None, target_error, tracking_uri, experiment)
     print(written)

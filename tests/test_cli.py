@@ -1,0 +1,96 @@
+"""`study train` and `study list` from the command line, and every method on both LeNets."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from study.cli import main
+from study.data import load_dataset
+from study.method import MethodContext
+from study.methods import build_method, method_names
+from study.models import build_model
+from study.train import TrainConfig, fit
+
+
+def test_train_writes_history_and_layers(tmp_path, capsys) -> None:
+    out = tmp_path / "out.json"
+    code = main(["train", "--dataset", "digits", "--arch", "lenet300", "--method", "sensitivity-unspec",
+                 "--param", "lam=1e-3", "--param", "threshold=1e-2", "--epochs", "3", "--reach-epochs", "1",
+                 "--batch-size", "128", "--seed", "0", "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert [r["epoch"] for r in result["history"]] == [1, 2, 3]
+    assert [r["phase"] for r in result["history"]] == ["reach", "sparsify", "sparsify"]
+    first = result["history"][0]
+    for key in ("train_loss", "val_loss", "val_error", "test_loss", "test_error", "compression", "sparsity",
+                "nonzero", "memory_kb", "remaining.fc1", "remaining.fc2", "remaining.fc3", "epoch_seconds",
+                "sens.fc1.q50", "sens.fc1.frac_ge1"):
+        assert key in first
+    assert [row["layer"] for row in result["layers"]] == ["fc1", "fc2", "fc3"]
+    assert sum(row["total"] for row in result["layers"]) == 50_200
+    assert result["params"] == {"lam": 1e-3, "threshold": 1e-2, "output": "logits", "aggregate": "sample",
+                                "scope": "weights", "conv": "exact", "class_chunk": 0}
+    last = result["history"][-1]
+    assert last["nonzero"] == sum(row["nonzero"] for row in result["layers"])
+    assert last["compression"] == pytest.approx(50_200 / last["nonzero"])
+    err = capsys.readouterr().err
+    assert "3/3" in err and "final per-layer sparsity" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "magic"], "unknown method 'magic'; valid: none, sensitivity-unspec"),
+        (["--dataset", "mnist2"], "unknown dataset 'mnist2'; valid choices: digits, mnist10k"),
+        (["--arch", "resnet"], "unknown model 'resnet'; valid choices: lenet300, lenet5"),
+        (["--param", "lamda=1"], "unknown parameter 'lamda' for method 'sensitivity-unspec'; valid: aggregate"),
+        (["--param", "output=probs"], "invalid value output='probs'; valid: logits, softmax"),
+        (["--param", "lam"], "--param expects KEY=VALUE"),
+        (["--epochs", "0"], "epochs=0"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_choices(args, message, capsys) -> None:
+    assert main(["train", "--epochs", "1", *args]) == 2  # a later --epochs wins
+    err = capsys.readouterr().err
+    assert message in err.replace("\n", " ")
+    assert "Traceback" not in err
+
+
+def test_missing_data_root_says_where_it_looked(tmp_path, capsys) -> None:
+    assert main(["train", "--dataset", "mnist10k", "--data-root", str(tmp_path), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert str(tmp_path) in err and "t10k-images-idx3-ubyte" in err
+
+
+def test_list_names_every_method(capsys) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in method_names():
+        assert name in out
+
+
+def test_help_explains_every_option(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--dataset", "--arch", "--method", "--param", "--epochs", "--data-root", "--json", "--seed"):
+        assert flag in out
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.mark.parametrize("arch", ["lenet300", "lenet5"])
+@pytest.mark.parametrize("method", method_names())
+def test_every_method_trains_on_both_lenets(method: str, arch: str, digits) -> None:
+    config = TrainConfig(epochs=2, reach_epochs=1, batch_size=256, seed=0)
+    model = build_model(arch, digits.input_shape, digits.num_classes)
+    context = MethodContext(len(digits.train), digits.num_classes, config.epochs, math.ceil(len(digits.train) / 256))
+    result = fit(model, build_method(method, {}, context), digits, config)
+    assert result.status == "finished" and len(result.history) == 2
+    assert result.history[-1]["compression"] >= 1.0
+    assert 0 <= result.history[-1]["test_error"] <= 100
