@@ -1,8 +1,8 @@
 """Cost of one training step per method, as a ratio to plain SGD, measured side by side.
 
 Answers the reviewer's question "what is the computational complexity compared with weight
-decay?". Every method runs the same hooks the training loop runs (penalty, backward,
-after_backward, step, after_step) on the same batches; the methods take turns, round after
+decay?". Every method runs the training loop's own step (``study.train.train_step``: penalty,
+backward, after_backward, step, after_step) on the same batch; the methods take turns, round after
 round, so that machine noise hits all of them alike. Reported: median seconds per step and the
 ratio to `none` and to `weight-decay`.
 
@@ -17,13 +17,13 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from study.cli import parse_assignments, pick_device
 from study.data import load_dataset
 from study.method import MethodContext
 from study.methods import build_method, method_names
 from study.models import build_model
+from study.train import train_step
 
 
 def step_timer(name: str, args: argparse.Namespace, bundle, x, y):
@@ -39,14 +39,7 @@ def step_timer(name: str, args: argparse.Namespace, bundle, x, y):
         if x.is_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        penalty = method.penalty(model)
-        total = loss if penalty is None else loss + penalty
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        method.after_backward(model, x, y)
-        optimizer.step()
-        method.after_step(model)
+        train_step(model, method, optimizer, x, y)
         if x.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start

@@ -123,6 +123,24 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
 
 
+def train_step(
+    model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor
+) -> Tensor | None:
+    """One optimizer step through the method's hooks. Returns the data loss, or None (and no
+    update) when the total loss is not finite."""
+    loss = F.cross_entropy(model(x), y)
+    penalty = method.penalty(model)
+    total = loss if penalty is None else loss + penalty
+    if not torch.isfinite(total.detach()):
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    method.after_backward(model, x, y)
+    optimizer.step()
+    method.after_step(model)
+    return loss.detach()
+
+
 def next_phase(state: _State, config: TrainConfig, val_error: float) -> Phase:
     """The phase of the next epoch, after an epoch of ``state.phase`` ended with ``val_error``."""
     if state.phase == "sparsify":
@@ -176,18 +194,10 @@ def fit(
         model.train()
         loss_sum, seen = 0.0, 0
         for x, y in data.train.batches(config.batch_size, shuffle=True, generator=generator):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            penalty = method.penalty(model)
-            total = loss if penalty is None else loss + penalty
-            if not torch.isfinite(total.detach()):
+            loss = train_step(model, method, optimizer, x, y)
+            if loss is None:
                 status = "diverged"
                 break
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            method.after_backward(model, x, y)
-            optimizer.step()
-            method.after_step(model)
             loss_sum += loss.item() * len(y)
             seen += len(y)
         train_loss = loss_sum / max(seen, 1) if status == "finished" else float("nan")
