@@ -16,6 +16,10 @@ Each method's parameters are given as one of:
 The seeds are never tuned: in a grid search they are one more grid axis; in an Optuna search
 each sampled configuration is trained once per seed, in lockstep inside one trial, and the
 objectives are the means over the seeds (see :mod:`study.trial`).
+
+A method's entry may also hold the reserved key ``train``: fixed values that override fields of
+the global ``train`` block for that method's trials only (``sparse-vd: {train: {optimizer: adam,
+lr: 1.0e-3}}``). It is not searched; no method parameter may be called ``train``.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ OBJECTIVE_METRICS = (
     "compression", "sparsity", "nonzero", "memory_kb",
 )
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+TRAIN_KEY = "train"  # reserved in a method's entry: that method's train overrides
 
 
 # -- YAML ------------------------------------------------------------------------------------
@@ -388,6 +393,7 @@ def method_spaces(config: StudyConfig) -> dict[str, dict[str, ParamSpace]]:
         method_class(method)  # unknown method -> ValueError listing the valid ones
         if not isinstance(params, dict):
             raise ValueError(f"methods.{method}: expected a mapping of parameter -> values, got {params!r}")
+        params = {p: spec for p, spec in params.items() if p != TRAIN_KEY}
         valid = list(default_params(method))
         for param in params:
             if param not in valid:
@@ -415,6 +421,37 @@ def method_spaces(config: StudyConfig) -> dict[str, dict[str, ParamSpace]]:
     return out
 
 
+def method_train(config: StudyConfig, method: str) -> dict[str, Any]:
+    """The checked ``train`` overrides of one method (``methods.<method>.train``), typed like the
+    global block; ``{}`` when it has none."""
+    where = f"methods.{method}.{TRAIN_KEY}"
+    spec = (config.methods.get(method) or {}).get(TRAIN_KEY)
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected a mapping of train field -> value, got {spec!r}")
+    valid = list(TrainSettings.model_fields)
+    for key, value in spec.items():
+        if key not in valid:
+            raise ValueError(f"unknown field '{where}.{key}'; valid: {', '.join(valid)}")
+        if isinstance(value, (list, tuple, dict)):
+            raise ValueError(f"{where}.{key}: train overrides are fixed values, not searched; got {value!r} "
+                             f"(use one study per value)")
+    try:
+        checked = TrainSettings.model_validate(spec)
+    except ValidationError as err:
+        raise ValueError("; ".join(
+            f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
+        )) from None
+    return {key: getattr(checked, key) for key in spec}
+
+
+def effective_train(config: StudyConfig, method: str) -> TrainSettings:
+    """The train settings ``method``'s trials use: the global block with its overrides applied."""
+    return config.train.model_copy(update=method_train(config, method))
+
+
 def check_registries(config: StudyConfig) -> None:
     """Names and options against the data set, model and method registries."""
     from study import data as data_registry
@@ -437,6 +474,8 @@ def check_registries(config: StudyConfig) -> None:
         defaults = {**data_registry.option_defaults(models.MODELS[name]), **models.COMMON_OPTIONS}
         data_registry.check_options(f"model.options.{name}", defaults, dict(options or {}))
     method_spaces(config)
+    for method in config.methods:
+        method_train(config, method)
     if config.search.kind == "optuna":
         if len(config.datasets) != 1 or len(config.archs) != 1:
             raise ValueError(
@@ -470,17 +509,19 @@ def grid_combinations(spaces: dict[str, ParamSpace]) -> list[dict[str, Any]]:
 
 @dataclass
 class TrialSpec:
-    """What one trial trains: one configuration, for one seed (grid) or every seed (optuna)."""
+    """What one trial trains: one configuration, for one seed (grid) or every seed (optuna).
+    ``train`` holds the method's overrides of the study's train settings."""
 
     method: str
     arch: str
     dataset: str
     seeds: list[int]
     params: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"method": self.method, "arch": self.arch, "dataset": self.dataset,
-                "seeds": list(self.seeds), "params": dict(self.params)}
+                "seeds": list(self.seeds), "params": dict(self.params), "train": dict(self.train)}
 
 
 def grid_trials(config: StudyConfig) -> list[TrialSpec]:
@@ -489,9 +530,10 @@ def grid_trials(config: StudyConfig) -> list[TrialSpec]:
     trials = []
     for dataset, arch in itertools.product(config.datasets, config.archs):
         for method, params in spaces.items():
+            train = method_train(config, method)
             for combo in grid_combinations(params):
                 for seed in config.seeds:
-                    trials.append(TrialSpec(method, arch, dataset, [seed], combo))
+                    trials.append(TrialSpec(method, arch, dataset, [seed], combo, dict(train)))
     return trials
 
 
@@ -506,6 +548,16 @@ class PlanRow:
     space: str
 
 
+def _describe_method(config: StudyConfig, method: str, spaces: dict[str, ParamSpace]) -> str:
+    """``lam=[0.001, 0.002], threshold=0.02``, plus ``; train: optimizer=adam, lr=0.001``."""
+    text = ", ".join(f"{p}={s.describe()}" for p, s in spaces.items()) or "defaults"
+    train = method_train(config, method)
+    if train:
+        text += "; train: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in train.items())
+    return text
+
+
 def plan(config: StudyConfig) -> list[PlanRow]:
     """How many trials of which method: the rows `study validate` prints."""
     spaces = method_spaces(config)
@@ -513,11 +565,11 @@ def plan(config: StudyConfig) -> list[PlanRow]:
     if config.search.kind == "grid":
         counts = Counter((t.dataset, t.arch, t.method) for t in grid_trials(config))
         for (dataset, arch, method), n in counts.items():
-            space = ", ".join(f"{p}={s.describe()}" for p, s in spaces[method].items()) or "defaults"
+            space = _describe_method(config, method, spaces[method])
             rows.append(PlanRow(dataset, arch, method, n // len(config.seeds), len(config.seeds), n, space))
     else:
         for method, params in spaces.items():
-            space = ", ".join(f"{p}={s.describe()}" for p, s in params.items()) or "defaults"
+            space = _describe_method(config, method, params)
             rows.append(PlanRow(config.datasets[0], config.archs[0], method, "sampled", len(config.seeds),
                                 "sampled", space))
     return rows
@@ -549,6 +601,9 @@ def describe_plan(config: StudyConfig) -> str:
                 + (f" or val error <= {t.target_error}%" if t.target_error is not None else "")
                 + f"), batch {t.batch_size}, {t.optimizer} lr {t.lr:g} momentum {t.momentum:g}, "
                 f"seeds {config.seeds}, val fraction {config.data.val_fraction:g}")
+    overridden = [m for m in config.methods if method_train(config, m)]
+    if overridden:
+        summary += f" (methods with their own train settings: {', '.join(overridden)})"
     summary += (f"\nresources: {r.cpus_per_trial:g} CPU + {r.gpus_per_trial:g} GPU per trial, "
                 f"max concurrent {r.max_concurrent_trials or 'as resources allow'}, retries {r.max_failures}")
     summary += (f"\noutput: {config.output_path} (Tune: {config.resolved_storage_path}); MLflow {config.resolved_tracking_uri}, "

@@ -32,7 +32,9 @@ from optuna.trial import TrialState  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from study.config import ParamSpace, StudyConfig, TrialSpec, grid_trials, method_spaces  # noqa: E402
+from study.config import (  # noqa: E402
+    ParamSpace, StudyConfig, TrialSpec, effective_train, grid_trials, method_spaces, method_train,
+)
 from study.tracking import Tracker, git_commit, is_local_uri  # noqa: E402
 
 STATE_FILE = "study.json"
@@ -147,6 +149,7 @@ class OptunaSpace:
 
     def __init__(self, config: StudyConfig) -> None:
         self.spaces: dict[str, dict[str, ParamSpace]] = method_spaces(config)
+        self.train = {method: method_train(config, method) for method in self.spaces}  # fixed, not sampled
         self.dataset, self.arch = config.datasets[0], config.archs[0]
         self.seeds = list(config.seeds)
 
@@ -166,7 +169,8 @@ class OptunaSpace:
             else:
                 params[name] = trial.suggest_float(key, float(space.low), float(space.high),
                                                    step=space.step, log=space.log)
-        return {"trial": TrialSpec(method, self.arch, self.dataset, self.seeds, params).as_dict()}
+        spec = TrialSpec(method, self.arch, self.dataset, self.seeds, params, self.train[method])
+        return {"trial": spec.as_dict()}
 
 
 class StudyOptunaSearch(OptunaSearch):
@@ -489,9 +493,10 @@ def _make_tuner(
     scheduler = None
     if config.scheduler.kind == "asha":
         objective = config.scheduler_objective
+        max_epochs = max(effective_train(config, m).epochs for m in config.methods)  # a method may train longer
         scheduler = ASHAScheduler(
             time_attr="training_iteration", metric=objective.metric, mode=objective.mode,
-            max_t=config.train.epochs, grace_period=config.scheduler.grace_period,
+            max_t=max_epochs, grace_period=config.scheduler.grace_period,
             reduction_factor=config.scheduler.reduction_factor,
         )
     log(f"study {config.name}: {expected} trials ({config.search.kind}), Tune experiment "

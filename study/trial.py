@@ -10,10 +10,13 @@ and lets the trial interleave seeds and know when it has finished.
 
 The Tune config of a trial (built by :mod:`study.runner`)::
 
-    {"trial": {"method", "arch", "dataset", "seeds": [..], "params": {..}},
+    {"trial": {"method", "arch", "dataset", "seeds": [..], "params": {..}, "train": {..}},
      "study": {"name", "config_hash", "git_commit", "train": {..}, "data": {..},
                "model": {..}, "cpus_per_trial", "tracking": {"uri", "experiment_id",
                "parent_run_id"} or None, "hooks": {..}}}
+
+``trial.train`` holds the method's overrides of ``study.train`` (``methods.<m>.train`` in the
+study file); the trial trains with, and logs as ``train.*`` params, the merged settings.
 
 Fault tolerance: every report carries a checkpoint; a retried or restored trial continues
 from it, finds its MLflow run by the tag ``study.trial_id`` (so it never opens a second one)
@@ -131,7 +134,7 @@ class SeedRun:
             trial.dataset, root=data_settings.get("root"), val_fraction=data_settings["val_fraction"],
             seed=seed, download=data_settings.get("download", False), **trial.data_options,
         ).to(device)
-        self.config = TrainConfig(**{k: study["train"][k] for k in TRAIN_FIELDS}, seed=seed, device=device)
+        self.config = TrainConfig(**{k: trial.train[k] for k in TRAIN_FIELDS}, seed=seed, device=device)
         self.context = MethodContext(
             train_size=len(self.data.train), num_classes=self.data.num_classes, epochs=self.config.epochs,
             steps_per_epoch=math.ceil(len(self.data.train) / self.config.batch_size),
@@ -190,7 +193,7 @@ class SeedRun:
         params = flatten_params(
             method=trial.method, arch=trial.arch, dataset=trial.dataset, seed=self.seed,
             method_params=vars(make_params(trial.method, trial.params)),
-            train={k: trial.study["train"][k] for k in (*TRAIN_FIELDS, "device")},
+            train={k: trial.train[k] for k in (*TRAIN_FIELDS, "device")},
             data={"val_fraction": trial.study["data"]["val_fraction"], **trial.data_options},
             model=trial.model_options,
         )
@@ -270,6 +273,8 @@ class Trial:
         self.dataset: str = spec["dataset"]
         self.seeds: list[int] = list(spec["seeds"])
         self.params: dict[str, Any] = dict(spec.get("params") or {})
+        # the study's train settings with this method's overrides: what the trial uses and logs
+        self.train: dict[str, Any] = {**self.study["train"], **(spec.get("train") or {})}
         self.data_options = dict((self.study["data"].get("options") or {}).get(self.dataset) or {})
         self.model_options = dict((self.study["model"].get("options") or {}).get(self.arch) or {})
         self.tracking: dict[str, Any] | None = self.study.get("tracking")
@@ -277,7 +282,7 @@ class Trial:
         self.hooks: dict[str, Any] = dict(self.study.get("hooks") or {})
 
     def run(self) -> None:
-        device = choose_device(self.study["train"].get("device", "auto"), self.session.gpu_ids())
+        device = choose_device(self.train.get("device", "auto"), self.session.gpu_ids())
         torch.set_num_threads(max(1, int(self.study.get("cpus_per_trial", 1))))
         saved = self.session.load_checkpoint()
         seeds: list[SeedRun] = []

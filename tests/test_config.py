@@ -8,9 +8,10 @@ import pytest
 
 from study import cli
 from study.config import (
-    apply_overrides, describe_plan, grid_trials, load_study, parse_yaml, plan, study_from_dict,
+    TRAIN_KEY, apply_overrides, describe_plan, effective_train, grid_trials, load_study, parse_yaml, plan,
+    study_from_dict,
 )
-from study.methods import method_names
+from study.methods import default_params, method_names
 from study.tracking import resolve_tracking_uri, sqlite_uri
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -50,6 +51,15 @@ def test_empty_study_has_working_defaults(tmp_path: Path, monkeypatch: pytest.Mo
     ({"search": {"kind": "optuna", "sampler": "nsga2"}}, "nsga2 is a multi-objective sampler"),
     ({"search": {"kind": "optuna"}, "datasets": ["digits", "synthetic"]}, "one dataset and one arch"),
     ({"name": "a b"}, "name"),
+    ({"methods": {"l0": {"train": {"lrr": 1e-3}}}},
+     "unknown field 'methods.l0.train.lrr'; valid: epochs, batch_size, lr, momentum, optimizer"),
+    ({"methods": {"l0": {"train": {"lr": [1e-3, 1e-2]}}}},
+     "methods.l0.train.lr: train overrides are fixed values, not searched"),
+    ({"methods": {"l0": {"train": {"lr": {"low": 1e-4, "high": 1e-2}}}}}, "methods.l0.train.lr: train overrides"),
+    ({"methods": {"l0": {"train": {"optimizer": "rmsprop"}}}},
+     "methods.l0.train.optimizer: Input should be 'sgd' or 'adam'"),
+    ({"methods": {"l0": {"train": {"lr": 0}}}}, "methods.l0.train.lr: Input should be greater than 0"),
+    ({"methods": {"l0": {"train": "adam"}}}, "methods.l0.train: expected a mapping"),
 ])
 def test_mistakes_are_one_error_naming_the_field(raw: dict, message: str) -> None:
     with pytest.raises(ValueError) as info:
@@ -92,6 +102,42 @@ def test_grid_expands_methods_parameters_and_seeds() -> None:
     rows = {r.method: r for r in plan(config)}
     assert (rows["l1"].configurations, rows["l1"].seeds, rows["l1"].trials) == (6, 2, 12)
     assert "grid search: 14 trials" in describe_plan(config)
+
+
+def test_a_method_train_block_overrides_the_global_one_for_that_method_only() -> None:
+    config = study_from_dict({
+        "train": {"epochs": 4, "lr": 0.1, "momentum": 0.5},
+        "methods": {
+            "sparse-vd": {"warmup_epochs": 5, "train": {"optimizer": "adam", "lr": "1e-3", "epochs": 6}},
+            "l1": {"lam": [1e-4, 1e-3]},
+        },
+        "seeds": [0, 1],
+    })
+    assert config.train.optimizer == "sgd" and config.train.lr == 0.1  # the global block is untouched
+    trials = grid_trials(config)
+    vd = [t for t in trials if t.method == "sparse-vd"]
+    l1 = [t for t in trials if t.method == "l1"]
+    assert len(vd) == 2 and len(l1) == 4  # not a grid axis: one configuration per seed
+    assert all(t.params == {"warmup_epochs": 5.0} for t in vd)  # train is no method parameter
+    assert all(t.train == {"optimizer": "adam", "lr": 1e-3, "epochs": 6} for t in vd)
+    assert all(t.train == {} and t.as_dict()["train"] == {} for t in l1)
+    merged = effective_train(config, "sparse-vd")
+    assert (merged.optimizer, merged.lr, merged.epochs, merged.momentum) == ("adam", 1e-3, 6, 0.5)
+    assert effective_train(config, "l1") == config.train
+    rows = {r.method: r for r in plan(config)}
+    assert rows["sparse-vd"].space == "warmup_epochs=5.0; train: optimizer=adam, lr=0.001, epochs=6"
+    assert "train" not in rows["l1"].space
+    assert "methods with their own train settings: sparse-vd" in describe_plan(config)
+    # it changes the design, so the hash; --set reaches it like any field
+    assert config.config_hash() != study_from_dict({**config.model_dump(), "methods": {
+        "sparse-vd": {"warmup_epochs": 5}, "l1": {"lam": [1e-4, 1e-3]}}}).config_hash()
+    raw = apply_overrides({"methods": {"l0": {}}}, ["methods.l0.train.optimizer=adam"])
+    assert grid_trials(study_from_dict(raw))[0].train == {"optimizer": "adam"}
+
+
+def test_no_method_parameter_is_called_train() -> None:
+    for method in method_names():
+        assert TRAIN_KEY not in default_params(method), method
 
 
 def test_parameter_values_take_the_declared_type() -> None:

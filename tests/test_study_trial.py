@@ -217,3 +217,37 @@ def test_seed_run_checkpoint_rejects_another_seed(trial_config: Any) -> None:
     run = SeedRun(trial, 0, "cpu")
     with pytest.raises(ValueError, match="seed"):
         run.restore({"seed": 1})
+
+
+def test_a_method_train_override_is_what_its_trial_uses_and_logs(tiny_study: Any, mlflow_uri: str) -> None:
+    """``methods.<m>.train`` reaches that method's trials only: their TrainConfig and their
+    ``train.*`` params (so the analysis, which groups runs by params, tells them apart)."""
+    from study.config import grid_trials
+    from study.runner import OptunaSpace, _study_constants
+
+    config = tiny_study(methods={"none": {}, "sparse-vd": {"warmup_epochs": 1, "train": {"optimizer": "adam",
+                                                                                          "lr": 1e-3}}})
+    tracking = _tracking(mlflow_uri, "trial-train-override")
+    study = _study_constants(config, tracking, None, None)
+    specs = {t.method: t for t in grid_trials(config)}
+    for method in ("none", "sparse-vd"):
+        trial_config = {"trial": specs[method].as_dict(), "study": study}
+        session = FakeSession(f"{method}_00000")
+        trial = Trial(trial_config, session)
+        expected = dict(optimizer="adam", lr=1e-3) if method == "sparse-vd" else dict(optimizer="sgd", lr=0.1)
+        assert SeedRun(trial, 0, "cpu").config == TrainConfig(epochs=2, reach_epochs=1, batch_size=128, seed=0,
+                                                              device="cpu", **expected)
+        trial.run()
+        assert session.reports[-1]["status"] == "finished"
+    runs = {r.data.params["method"]: r.data.params for r in _children(mlflow_uri, tracking)}
+    assert (runs["sparse-vd"]["train.optimizer"], float(runs["sparse-vd"]["train.lr"])) == ("adam", 1e-3)
+    assert (runs["none"]["train.optimizer"], float(runs["none"]["train.lr"])) == ("sgd", 0.1)
+    assert runs["sparse-vd"]["train.epochs"] == runs["none"]["train.epochs"] == "2"  # not overridden
+
+    # an Optuna search passes the same fixed overrides (the method is the only sampled choice here)
+    import optuna
+
+    space = OptunaSpace(tiny_study(methods=config.methods, search={"kind": "optuna"}))
+    assert space(optuna.trial.FixedTrial({"method": "sparse-vd"}))["trial"]["train"] == {"optimizer": "adam",
+                                                                                         "lr": 1e-3}
+    assert space(optuna.trial.FixedTrial({"method": "none"}))["trial"]["train"] == {}
