@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from baselines.weight_decay import l2_penalty
 from study import sparsity
-from study.method import Method, MethodContext, MethodParams, Phase
+from study.method import Method, MethodContext, MethodParams, Phase, check_fields
 
 SCOPES = ("layer", "global")
 
@@ -107,13 +107,9 @@ class GradualMagnitudeParams(MethodParams):
             "steps": self.steps >= 0,
             "lam": self.lam >= 0,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(
-                    f"gmp: invalid {name}={getattr(self, name)!r} "
-                    "(need 0 <= initial_sparsity <= target_sparsity < 1, start >= 1, "
-                    "frequency >= 1, steps >= 0, lam >= 0)"
-                )
+        check_fields(self, checks, prefix="gmp: invalid ",
+                     suffix=" (need 0 <= initial_sparsity <= target_sparsity < 1, start >= 1, "
+                     "frequency >= 1, steps >= 0, lam >= 0)")
         if self.scope not in SCOPES:
             raise ValueError(f"gmp: invalid scope={self.scope!r}; valid: {', '.join(SCOPES)}")
 

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from study import sparsity
-from study.method import Method, MethodParams, Phase
+from study.method import Method, MethodParams, Phase, check_fields
 
 GATES = ("weight", "neuron")
 RELAXATIONS = ("hard-concrete", "concrete")
@@ -197,9 +197,7 @@ class L0Params(MethodParams):
             "weight_decay": self.weight_decay >= 0,
             "gate_lr_scale": self.gate_lr_scale > 0,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"l0: invalid {name}={getattr(self, name)!r}")
+        check_fields(self, checks, prefix="l0: invalid ")
 
 
 class L0HardConcrete(Method):

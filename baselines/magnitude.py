@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from baselines.weight_decay import l2_penalty
 from study import sparsity
-from study.method import Method, MethodContext, MethodParams, Phase
+from study.method import Method, MethodContext, MethodParams, Phase, check_fields
 
 STD_OVER = ("all", "kept")
 
@@ -105,9 +105,7 @@ class MagnitudeParams(MethodParams):
             "retrain_epochs": self.retrain_epochs >= 1,
             "lam": self.lam >= 0,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"magnitude: invalid {name}={getattr(self, name)!r}")
+        check_fields(self, checks, prefix="magnitude: invalid ")
         if self.std_over not in STD_OVER:
             raise ValueError(f"magnitude: invalid std_over={self.std_over!r}; valid: {', '.join(STD_OVER)}")
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from study import sparsity
-from study.method import Method, MethodParams, Phase
+from study.method import Method, MethodParams, Phase, check_fields
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 LOG_ALPHA_CLIP = 10.0
@@ -129,9 +129,7 @@ class SparseVDParams(MethodParams):
             "kl_scale": self.kl_scale >= 0,
             "sigma_lr_scale": self.sigma_lr_scale > 0,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"sparse-vd: invalid {name}={getattr(self, name)!r}")
+        check_fields(self, checks, prefix="sparse-vd: invalid ")
 
 
 class SparseVD(Method):

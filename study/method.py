@@ -108,5 +108,12 @@ class Method:
         self.masks = {k: v.to(device) for k, v in state.get("masks", {}).items()}
 
 
+def check_fields(obj: object, checks: dict[str, bool], prefix: str = "invalid ", suffix: str = "") -> None:
+    """Raise a one-line ValueError naming the first field whose check is False and its value."""
+    for name, ok in checks.items():
+        if not ok:
+            raise ValueError(f"{prefix}{name}={getattr(obj, name)!r}{suffix}")
+
+
 def param_fields(params_cls: type[MethodParams]) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(params_cls)}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from study import sparsity
-from study.method import Method, Phase
+from study.method import Method, Phase, check_fields
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -65,9 +65,7 @@ class TrainConfig:
             "reach_epochs": self.reach_epochs >= 0,
             "patience": self.patience >= 0,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"invalid train setting {name}={getattr(self, name)!r}")
+        check_fields(self, checks, prefix="invalid train setting ")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.target_error is not None and not 0 <= self.target_error <= 100:
