@@ -14,30 +14,23 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-#: A (trial, epoch) row counts only when these are finite numbers.
-KEY_METRICS: tuple[str, ...] = ("test_error", "val_error", "compression")
-
-#: Per-epoch metrics aggregated by default (plus every ``remaining.*`` and ``sens.*`` column).
-STANDARD_METRICS: tuple[str, ...] = (
-    "train_loss", "val_loss", "val_error", "test_loss", "test_error",
-    "compression", "sparsity", "nonzero", "memory_kb", "epoch_seconds",
-)
+from analysis.runs import FLAG_STATUSES, TRIAL_INFO_COLUMNS, UNKNOWN_PHASE
+from study import runformat as rf
+from study.runformat import KEY_METRICS, REMAINING_PREFIX, SENS_PREFIX, STANDARD_METRICS
 
 #: Columns that describe one trial or one epoch rather than a configuration.
 NOT_CARRIED: frozenset[str] = frozenset({
-    "run_id", "trial_id", "parent_run_id", "run_name", "status", "failed", "diverged", "pruned", "running",
-    "superseded",
-    "mlflow_status", "seed", "train.seed", "train.device", "epoch", "phase", "phase_index",
-    "start_time", "end_time",
+    *TRIAL_INFO_COLUMNS, "superseded", *FLAG_STATUSES,
+    *rf.SEED_PARAMS, *rf.NON_CONFIG_PARAMS, rf.EPOCH, rf.PHASE, rf.PHASE_INDEX_METRIC,
 })
 
 #: Candidate phases: "unknown" is a trial that logged no ``phase_index`` at all.
-CANDIDATE_PHASES: frozenset[str] = frozenset({"sparsify", "unknown"})
+CANDIDATE_PHASES: frozenset[str] = frozenset({rf.SPARSIFY, UNKNOWN_PHASE})
 
 
 def _metric_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns
-            if c in STANDARD_METRICS or c.startswith(("remaining.", "sens."))]
+            if c in STANDARD_METRICS or c.startswith((REMAINING_PREFIX, SENS_PREFIX))]
 
 
 def _phase_of(phases: pd.Series) -> str:

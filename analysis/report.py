@@ -26,14 +26,15 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures, tables
-from analysis.pareto import KEY_METRICS, aggregate_seeds, pareto_front
-from analysis.runs import (STATUSES, Runs, absolute_tracking_uri, folder_tracking_uri, list_experiments,
-                           load_runs, sqlite_uri)
+from analysis.pareto import aggregate_seeds, pareto_front
+from analysis.runs import Runs, list_experiments, load_runs
+from study.runformat import (KEY_METRICS, SENS_STATS as _SENS, STATUSES, STORE_FILE, absolute_tracking_uri,
+                             folder_tracking_uri, sqlite_uri)
 from analysis.selection import (GROUP, Target, reference_points, resolve_targets,
                                 select_operating_points)
 
 ARTIFACT_PATH = "report"
-SENS_STATS = ("sens_q10", "sens_q50", "sens_q90", "sens_mean", "sens_frac_ge1")
+SENS_STATS = tuple(f"sens_{s}" for s in _SENS)  # the layers frame's columns (analysis.runs)
 
 
 # -- a tiny document model rendered to both Markdown and HTML ---------------------------------
@@ -460,7 +461,7 @@ def main(target: str, out: Path | None = None, target_error: float | None = None
         output_dir = _resolve_dir(cfg.get("output_dir") or f"runs/{cfg.get('name', 'study')}",
                                   path.parent)
         tracking_uri = (tracking_uri or cfg.get("tracking_uri") or ml.get("tracking_uri")
-                        or sqlite_uri(output_dir / "mlflow.db"))
+                        or sqlite_uri(output_dir / STORE_FILE))
         experiment = (experiment or cfg.get("experiment") or ml.get("experiment")
                       or cfg.get("name") or "study")
         study_target = _study_target(cfg)

@@ -1,4 +1,4 @@
-"""MLflow → tidy pandas frames (the layout of API.md, "MLflow layout").
+"""MLflow → tidy pandas frames, read through the run format of :mod:`study.runformat`.
 
 ``load_runs(tracking_uri, experiment)`` returns a ``Runs`` with three frames:
 
@@ -29,20 +29,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.pareto import STANDARD_METRICS
+from study import runformat as rf
+from study.runformat import CORE_PARAMS, NON_CONFIG_PARAMS, SEED_PARAMS, SENS_STATS, STANDARD_METRICS, STATUSES
 
-SEED_PARAMS: tuple[str, ...] = ("seed", "train.seed")
-#: Params that say where a trial ran, not what it is: not part of a configuration.
-NON_CONFIG_PARAMS: tuple[str, ...] = ("train.device",)
-CORE_PARAMS: tuple[str, ...] = ("method", "arch", "dataset")
-#: ``pruned``: stopped early by the scheduler (ASHA); like ``diverged``, its epochs count.
-STATUSES: tuple[str, ...] = ("finished", "diverged", "pruned", "failed", "running")
 #: Method params always named in a row's setting; others only when they vary in the study.
 KEY_SETTINGS: tuple[str, ...] = ("lam", "threshold")
-PHASE_NAMES: dict[int, str] = {0: "reach", 1: "sparsify"}
-SENS_STATS: tuple[str, ...] = ("q10", "q50", "q90", "mean", "frac_ge1")
-_MLFLOW_STATUS = {"FINISHED": "finished", "RUNNING": "running", "SCHEDULED": "running",
-                  "FAILED": "failed", "KILLED": "failed"}
+#: The trials frame's columns that describe one run, not its configuration.
+TRIAL_INFO_COLUMNS: tuple[str, ...] = ("run_id", "trial_id", "parent_run_id", "run_name", "status",
+                                       "mlflow_status", "start_time", "end_time")
+#: Statuses that also get a boolean column of their own in the frames.
+FLAG_STATUSES: tuple[str, ...] = (rf.FAILED, rf.DIVERGED, rf.PRUNED, rf.RUNNING)
+#: The phase of an epoch from a trial that logged no ``phase_index`` at all.
+UNKNOWN_PHASE = "unknown"
 
 
 @dataclass
@@ -86,33 +84,6 @@ def natural_sorted(names) -> list[str]:
     return sorted(names, key=key)
 
 
-def sqlite_uri(path: str | Path) -> str:
-    """An absolute SQLite tracking URI for a database file."""
-    return f"sqlite:///{Path(path).resolve()}"
-
-
-def absolute_tracking_uri(uri: str | None) -> str | None:
-    """Make a relative ``sqlite:///x.db`` or plain path absolute (MLflow 3 needs that)."""
-    if uri is None:
-        return None
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return sqlite_uri(uri[len("sqlite:///"):])
-    if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
-        path = Path(uri)
-        return path.resolve().as_uri() if path.is_dir() else sqlite_uri(path)
-    return uri
-
-
-def folder_tracking_uri(folder: str | Path) -> str:
-    """The tracking URI of a study's output folder: ``mlflow.db`` in it, else ``mlruns/``."""
-    folder = Path(folder)
-    if (folder / "mlflow.db").is_file():
-        return sqlite_uri(folder / "mlflow.db")
-    if (folder / "mlruns").is_dir():
-        return (folder / "mlruns").resolve().as_uri()
-    raise ValueError(f"{folder} holds no MLflow store: expected mlflow.db or mlruns/ in it")
-
-
 def list_experiments(tracking_uri: str | None) -> list[str]:
     from mlflow.tracking import MlflowClient
 
@@ -134,19 +105,19 @@ def load_runs(tracking_uri: str | None, experiment: str, *, parent: str = "lates
     """
     from mlflow.tracking import MlflowClient
 
-    tracking_uri = absolute_tracking_uri(tracking_uri)
+    tracking_uri = rf.absolute_tracking_uri(tracking_uri) if tracking_uri else None
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
         raise ValueError(f"no experiment {experiment!r} at {tracking_uri}; experiments: {names}")
     runs = _search_all(client, exp.experiment_id)
-    parents = sorted((r for r in runs if r.data.tags.get("study.role") == "parent"),
+    parents = sorted((r for r in runs if r.data.tags.get(rf.TAG_ROLE) == rf.ROLE_PARENT),
                      key=lambda r: r.info.start_time or 0, reverse=True)
     parent_ids = [p.info.run_id for p in parents]
     trial_runs = [r for r in runs
-                  if r.data.tags.get("study.role") == "trial"
-                  or (r.data.tags.get("study.role") is None and r.info.run_id not in parent_ids)]
+                  if r.data.tags.get(rf.TAG_ROLE) == rf.ROLE_TRIAL
+                  or (r.data.tags.get(rf.TAG_ROLE) is None and r.info.run_id not in parent_ids)]
     if parent == "all" or not parents:
         chosen = parents[0] if parents else None
     else:
@@ -156,7 +127,7 @@ def load_runs(tracking_uri: str | None, experiment: str, *, parent: str = "lates
             raise ValueError(f"no parent run {parent!r} in {experiment!r}; choose 'latest', "
                              f"'all' or one of {parent_ids}")
         trial_runs = [r for r in trial_runs
-                      if r.data.tags.get("mlflow.parentRunId") == chosen.info.run_id]
+                      if r.data.tags.get(rf.TAG_PARENT_RUN) == chosen.info.run_id]
     parent = chosen
 
     trials, params, config_params = _trials_frame(trial_runs)
@@ -176,7 +147,7 @@ def load_runs(tracking_uri: str | None, experiment: str, *, parent: str = "lates
 
 def load_study_folder(folder: str | Path, experiment: str | None = None) -> Runs:
     """Load from a study's output folder; the experiment may be omitted when it is the only one."""
-    uri = folder_tracking_uri(folder)
+    uri = rf.folder_tracking_uri(folder)
     if experiment is None:
         names = list_experiments(uri)
         if len(names) != 1:
@@ -198,12 +169,12 @@ def _search_all(client, experiment_id: str) -> list:
 
 def _status(run) -> str:
     """The layout's ``status`` tag, overruled when MLflow says the run itself failed."""
-    tag = run.data.tags.get("status")
-    state = _MLFLOW_STATUS.get(run.info.status, "running")
-    if tag in ("failed", "diverged"):
+    tag = run.data.tags.get(rf.TAG_STATUS)
+    state = rf.MLFLOW_STATES.get(run.info.status, rf.RUNNING)
+    if tag in (rf.FAILED, rf.DIVERGED):
         return tag
-    if state == "failed":  # crashed or killed before it could set its tag
-        return "failed"
+    if state == rf.FAILED:  # crashed or killed before it could set its tag
+        return rf.FAILED
     return tag if tag in STATUSES else state
 
 
@@ -241,7 +212,7 @@ def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]
         for key in run.data.params:
             if key not in param_names:
                 param_names.append(key)
-    lead = [p for p in (*CORE_PARAMS, "seed") if p in param_names]
+    lead = [p for p in (*CORE_PARAMS, rf.SEED) if p in param_names]
     missing_core = [p for p in CORE_PARAMS if p not in param_names]
     param_names = lead + sorted(p for p in param_names if p not in lead)
     config_params = [p for p in param_names if p not in SEED_PARAMS and p not in NON_CONFIG_PARAMS]
@@ -253,8 +224,8 @@ def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]
         config = " ".join(f"{k}={p[k]}" for k in sorted(config_params) if k in p)
         info_rows.append({
             "run_id": run.info.run_id,
-            "trial_id": run.data.tags.get("study.trial_id", run.info.run_name or run.info.run_id),
-            "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
+            "trial_id": run.data.tags.get(rf.TAG_TRIAL_ID, run.info.run_name or run.info.run_id),
+            "parent_run_id": run.data.tags.get(rf.TAG_PARENT_RUN),
             "run_name": run.info.run_name,
             "status": status,
             "mlflow_status": run.info.status,
@@ -265,11 +236,9 @@ def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]
         raw_params.append({k: p.get(k) for k in param_names})
         metric_rows.append(dict(run.data.metrics))
 
-    info = pd.DataFrame(info_rows, columns=[
-        "run_id", "trial_id", "parent_run_id", "run_name", "status", "mlflow_status",
-        "start_time", "end_time", "config"])
+    info = pd.DataFrame(info_rows, columns=[*TRIAL_INFO_COLUMNS, "config"])
     raw = pd.DataFrame(raw_params, columns=param_names)
-    methods = raw["method"].fillna("unknown") if "method" in raw else pd.Series(
+    methods = raw[rf.METHOD].fillna("unknown") if rf.METHOD in raw else pd.Series(
         ["unknown"] * len(raw))
     info["setting"] = _settings(raw, methods) if len(raw) else []
     params = _parse_params(raw)
@@ -278,7 +247,7 @@ def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]
     for p in missing_core:  # runs from outside the layout: still groupable
         params[p] = "unknown"
     trials = pd.concat([info, params, metrics.reset_index(drop=True)], axis=1)
-    for status in ("failed", "diverged", "pruned", "running"):
+    for status in FLAG_STATUSES:
         trials[status] = trials["status"] == status
     # A retried trial logs a second run with the same trial id: the newest one counts.
     newest = trials.sort_values("start_time", kind="stable").groupby("trial_id").tail(1).index
@@ -318,30 +287,29 @@ def _histories(client, trial_runs: list, *, bulk: bool) -> pd.DataFrame:
 
 
 def _epochs_frame(trials: pd.DataFrame, hist: pd.DataFrame, params: list[str]) -> pd.DataFrame:
-    id_cols = ["run_id", "trial_id", "status", "failed", "diverged", "pruned", "running",
-               "superseded",
-               "config", "setting", *params]
+    id_cols = ["run_id", "trial_id", "status", *FLAG_STATUSES, "superseded", "config", "setting", *params]
     if hist.empty:
-        return pd.DataFrame(columns=[*id_cols, "epoch", "phase"])
+        return pd.DataFrame(columns=[*id_cols, rf.EPOCH, rf.PHASE])
     # The layout logs step = epoch, so a metric named "epoch" only repeats the step.
-    hist = hist[hist["key"] != "epoch"]
+    hist = hist[hist["key"] != rf.EPOCH]
     wide = hist.pivot(index=["run_id", "step"], columns="key", values="value")
     wide.columns.name = None
-    wide = wide.reset_index().rename(columns={"step": "epoch"})
-    wide["epoch"] = wide["epoch"].astype(int)
-    if "phase_index" in wide.columns:
-        phase = wide["phase_index"].map(lambda v: PHASE_NAMES.get(int(v)) if np.isfinite(v) else None)
-        has_phase = wide.groupby("run_id")["phase_index"].transform(lambda s: s.notna().any())
-        wide.insert(2, "phase", phase.where(has_phase, "unknown"))
+    wide = wide.reset_index().rename(columns={"step": rf.EPOCH})
+    wide[rf.EPOCH] = wide[rf.EPOCH].astype(int)
+    index = rf.PHASE_INDEX_METRIC
+    if index in wide.columns:
+        phase = wide[index].map(lambda v: rf.PHASE_NAMES.get(int(v)) if np.isfinite(v) else None)
+        has_phase = wide.groupby("run_id")[index].transform(lambda s: s.notna().any())
+        wide.insert(2, rf.PHASE, phase.where(has_phase, UNKNOWN_PHASE))
     else:
-        wide.insert(2, "phase", "unknown")
+        wide.insert(2, rf.PHASE, UNKNOWN_PHASE)
     trials_part = trials[[c for c in id_cols if c in trials.columns]]
     epochs = trials_part.merge(wide, on="run_id", how="inner")
     # Columns: ids and params, epoch, phase, the DESIGN.md metrics in their order, the rest.
     metrics = [c for c in wide.columns if c not in ("run_id", "epoch", "phase")]
     standard = [m for m in STANDARD_METRICS if m in metrics]
-    rest = ([m for m in metrics if m.startswith("remaining.")]
-            + [m for m in metrics if m not in standard and not m.startswith("remaining.")])
+    rest = ([m for m in metrics if m.startswith(rf.REMAINING_PREFIX)]
+            + [m for m in metrics if m not in standard and not m.startswith(rf.REMAINING_PREFIX)])
     epochs = epochs[[*trials_part.columns, "epoch", "phase", *standard, *rest]]
     sort = ["config", *(p for p in ("seed",) if p in epochs.columns), "run_id", "epoch"]
     return epochs.sort_values(sort, kind="stable").reset_index(drop=True)
@@ -350,13 +318,8 @@ def _epochs_frame(trials: pd.DataFrame, hist: pd.DataFrame, params: list[str]) -
 def _layer_names(columns) -> list[str]:
     names: list[str] = []
     for col in columns:
-        if col.startswith("remaining."):
-            name = col[len("remaining."):]
-        elif col.startswith("sens.") and col.rsplit(".", 1)[-1] in SENS_STATS:
-            name = col[len("sens."):].rsplit(".", 1)[0]
-        else:
-            continue
-        if name not in names:
+        name = rf.layer_of_metric(col)
+        if name is not None and name not in names:
             names.append(name)
     return names
 
@@ -376,7 +339,7 @@ def _layer_order(client, trials: pd.DataFrame, epochs: pd.DataFrame) -> dict[str
         for run_id in candidates.head(3):
             try:
                 with tempfile.TemporaryDirectory() as tmp:
-                    path = client.download_artifacts(run_id, "layers.csv", tmp)
+                    path = client.download_artifacts(run_id, rf.LAYERS_CSV, tmp)
                     from_csv = list(pd.read_csv(path)["layer"].astype(str))
                 break
             except Exception:
@@ -392,8 +355,8 @@ def _layers_frame(epochs: pd.DataFrame, layer_order: dict[str, list[str]]) -> pd
     value_cols = ["remaining", *(f"sens_{s}" for s in SENS_STATS)]
     parts = []
     for layer in _layer_names(epochs.columns):
-        source = {"remaining": f"remaining.{layer}",
-                  **{f"sens_{s}": f"sens.{layer}.{s}" for s in SENS_STATS}}
+        source = {"remaining": rf.remaining_key(layer),
+                  **{f"sens_{s}": rf.sens_key(layer, s) for s in SENS_STATS}}
         present = {k: v for k, v in source.items() if v in epochs.columns}
         part = epochs[id_cols + list(present.values())].rename(
             columns={v: k for k, v in present.items()})
@@ -423,7 +386,7 @@ def _study_yaml(client, parent_run_id: str) -> dict[str, Any] | None:
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            path = client.download_artifacts(parent_run_id, "study.yaml", tmp)
+            path = client.download_artifacts(parent_run_id, rf.STUDY_YAML, tmp)
             data = yaml.safe_load(Path(path).read_text())
     except Exception:
         return None

@@ -37,11 +37,8 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Metrics an objective or a scheduler may use: per-epoch record keys (see study.train).
-OBJECTIVE_METRICS = (
-    "val_error", "val_loss", "train_loss", "test_error", "test_loss",
-    "compression", "sparsity", "nonzero", "memory_kb",
-)
+from study import runformat as rf
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 TRAIN_KEY = "train"  # reserved in a method's entry: that method's train overrides
 
@@ -135,8 +132,9 @@ class Objective(_Section):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
-        if value not in OBJECTIVE_METRICS and not value.startswith("remaining."):
-            raise ValueError(f"unknown metric {value!r}; valid: {', '.join(OBJECTIVE_METRICS)}, remaining.<layer>")
+        if not rf.is_objective_metric(value):
+            raise ValueError(f"unknown metric {value!r}; valid: {', '.join(rf.OBJECTIVE_METRICS)}, "
+                             f"{rf.REMAINING_PREFIX}<layer>")
         return value
 
 
@@ -255,9 +253,7 @@ class StudyConfig(_Section):
 
     @property
     def resolved_tracking_uri(self) -> str:
-        from study.tracking import resolve_tracking_uri
-
-        return resolve_tracking_uri(self.tracking_uri, self.output_path)
+        return rf.resolve_tracking_uri(self.tracking_uri, self.output_path)
 
     @property
     def scheduler_objective(self) -> Objective:

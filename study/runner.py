@@ -35,7 +35,8 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from study.config import (  # noqa: E402
     ParamSpace, StudyConfig, TrialSpec, effective_train, grid_trials, method_spaces, method_train,
 )
-from study.tracking import Tracker, git_commit, is_local_uri  # noqa: E402
+from study import runformat as rf  # noqa: E402
+from study.tracking import Tracker, git_commit  # noqa: E402
 
 STATE_FILE = "study.json"
 OPTUNA_FILE = "optuna.db"
@@ -69,7 +70,7 @@ class StudyOutcome:
 
     @property
     def failed(self) -> int:
-        return self.statuses.get("failed", 0)
+        return self.statuses.get(rf.FAILED, 0)
 
 
 # -- the study's state file ---------------------------------------------------------------------
@@ -259,10 +260,10 @@ class StudyCallback(tune.Callback):
 
     def _close_open_runs(self, trial: Any, status: str, mlflow_status: str) -> None:
         runs = self.tracker.find_runs(
-            self.experiment_id, {"study.tune_trial_id": trial.trial_id, "mlflow.parentRunId": self.parent_run_id}
+            self.experiment_id, {rf.TAG_TUNE_TRIAL_ID: trial.trial_id, rf.TAG_PARENT_RUN: self.parent_run_id}
         )
         for run in runs:
-            if run.data.tags.get("status") == "running":
+            if run.data.tags.get(rf.TAG_STATUS) == rf.RUNNING:
                 self.tracker.finish(run.info.run_id, status, mlflow_status)
 
     def _line(self, trial: Any, what: str) -> None:
@@ -282,20 +283,20 @@ class StudyCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
         try:
-            self._close_open_runs(trial, "pruned", "FINISHED")
+            self._close_open_runs(trial, rf.PRUNED, "FINISHED")
         except Exception as err:  # tracking trouble must not stop the study
             _stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
         if not r.get("final"):
-            what = "pruned"
+            what = rf.PRUNED
         elif r.get("diverged_seeds"):
             what = "diverged" if r.get("num_seeds", 1) == 1 else f"finished ({int(r['diverged_seeds'])} seeds diverged)"
         else:
-            what = "finished"
+            what = rf.FINISHED
         self._line(trial, what)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         try:
-            self._close_open_runs(trial, "failed", "FAILED")
+            self._close_open_runs(trial, rf.FAILED, "FAILED")
         except Exception as err:
             _stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
         self._line(trial, f"FAILED (see {trial.local_path})")
@@ -326,34 +327,34 @@ def _study_constants(config: StudyConfig, tracking: dict[str, Any], commit: str 
 def _open_parent(tracker: Tracker, experiment_id: str, config: StudyConfig, tune_name: str,
                  source_text: str | None, commit: str | None) -> str:
     tags = {
-        "study.role": "parent",
-        "study.name": config.name,
-        "study.config_hash": config.config_hash(),
-        "study.search": config.search.kind,
-        "study.tune_name": tune_name,
-        "status": "running",
+        rf.TAG_ROLE: rf.ROLE_PARENT,
+        rf.TAG_STUDY_NAME: config.name,
+        rf.TAG_CONFIG_HASH: config.config_hash(),
+        rf.TAG_SEARCH: config.search.kind,
+        rf.TAG_TUNE_NAME: tune_name,
+        rf.TAG_STATUS: rf.RUNNING,
     }
     if commit:
-        tags["mlflow.source.git.commit"] = commit
+        tags[rf.TAG_GIT_COMMIT] = commit
     run_id = tracker.create_run(experiment_id, config.name, tags)
-    tracker.log_params(run_id, {
-        "study.config_hash": config.config_hash(),
-        "study.search": config.search.kind,
-        "study.seeds": ",".join(map(str, config.seeds)),
-        "study.methods": ",".join(config.methods),
-        "study.datasets": ",".join(config.datasets),
-        "study.archs": ",".join(config.archs),
-    })
-    tracker.log_text(run_id, config.to_yaml(), "study.yaml")
+    tracker.log_params(run_id, {f"{rf.STUDY_PARAM_PREFIX}{key}": value for key, value in {
+        "config_hash": config.config_hash(),
+        "search": config.search.kind,
+        "seeds": ",".join(map(str, config.seeds)),
+        "methods": ",".join(config.methods),
+        "datasets": ",".join(config.datasets),
+        "archs": ",".join(config.archs),
+    }.items()})
+    tracker.log_text(run_id, config.to_yaml(), rf.STUDY_YAML)
     if source_text is not None:
-        tracker.log_text(run_id, source_text, "study.source.yaml")
+        tracker.log_text(run_id, source_text, rf.STUDY_SOURCE_YAML)
     return run_id
 
 
 def _count_statuses(tracker: Tracker, experiment_id: str, parent_run_id: str) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for run in tracker.find_runs(experiment_id, {"mlflow.parentRunId": parent_run_id}):
-        status = run.data.tags.get("status", "unknown")
+    for run in tracker.find_runs(experiment_id, {rf.TAG_PARENT_RUN: parent_run_id}):
+        status = run.data.tags.get(rf.TAG_STATUS, "unknown")
         counts[status] = counts.get(status, 0) + 1
     return counts
 
@@ -396,7 +397,7 @@ def run_study(
         check_resources(config)
         tracking_uri = config.resolved_tracking_uri
         tracker = Tracker(tracking_uri)
-        artifact_location = (output_dir / "mlartifacts").as_uri() if is_local_uri(tracking_uri) else None
+        artifact_location = (output_dir / "mlartifacts").as_uri() if rf.is_local_uri(tracking_uri) else None
         experiment_id = tracker.experiment_id(config.experiment_name, artifact_location)
         commit = git_commit()
         if resume:
@@ -419,18 +420,18 @@ def run_study(
             )
             results = tuner.fit()
         except BaseException as err:
-            tracker.finish(parent_run_id, "failed", "FAILED", error=f"{type(err).__name__}: {err}"[:500])
+            tracker.finish(parent_run_id, rf.FAILED, "FAILED", error=f"{type(err).__name__}: {err}"[:500])
             raise
         ended = results.num_terminated + results.num_errors
         complete = len(results) >= expected and ended == len(results)
         if complete:
-            tracker.finish(parent_run_id, "finished", "FINISHED")
+            tracker.finish(parent_run_id, rf.FINISHED, "FINISHED")
         else:
             # interrupted: leave the trials' runs resumable but not "running" forever in the UI
-            for run in tracker.find_runs(experiment_id, {"mlflow.parentRunId": parent_run_id}):
+            for run in tracker.find_runs(experiment_id, {rf.TAG_PARENT_RUN: parent_run_id}):
                 if run.info.status == "RUNNING":
                     tracker.call(tracker.client.set_terminated, run.info.run_id, status="KILLED")
-            tracker.finish(parent_run_id, "interrupted", "KILLED")
+            tracker.finish(parent_run_id, rf.INTERRUPTED, "KILLED")
             log(f"the study was interrupted; continue it with `study run ... --resume` "
                 f"(Tune experiment {_join(storage_path, tune_name)})")
         _update_run_entry(output_dir, tune_name, complete=complete)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from study import runformat as rf
+
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BYTES_PER_WEIGHT = 4  # fp32
 
@@ -103,12 +105,12 @@ class SparsityReport:
     def metrics(self) -> dict[str, float]:
         """The DESIGN.md per-epoch sparsity metrics, ``remaining.<layer>`` included."""
         out: dict[str, float] = {
-            "compression": self.compression,
-            "sparsity": self.sparsity,
-            "nonzero": float(self.nonzero),
-            "memory_kb": self.memory_kb,
+            rf.COMPRESSION: self.compression,
+            rf.SPARSITY: self.sparsity,
+            rf.NONZERO: float(self.nonzero),
+            rf.MEMORY_KB: self.memory_kb,
         }
-        out.update({f"remaining.{layer.layer}": layer.remaining for layer in self.layers})
+        out.update({rf.remaining_key(layer.layer): layer.remaining for layer in self.layers})
         return out
 
     def table(self) -> list[dict[str, float | int | str]]:

@@ -1,18 +1,8 @@
 """MLflow: one parent run per study, one child run per trial, per-epoch metrics, artifacts.
 
-The layout (the contract `study report` reads):
-
-- experiment = the study's experiment name (default: the study name);
-- parent run: tags ``study.role=parent``, ``study.name``, ``study.config_hash``, the git
-  commit; param ``study.config_hash``; artifact ``study.yaml`` (the validated study);
-- child run per trial: tags ``mlflow.parentRunId``, ``study.role=trial``, ``study.trial_id``,
-  ``status`` (running, finished, diverged, failed, pruned); params method, arch, dataset,
-  seed, every method parameter, ``train.<field>``, ``data.<option>``, ``model.<option>``;
-  metrics: every numeric key of each epoch's record with step = epoch (``phase`` as
-  ``phase_index``: 0 = reach, 1 = sparsify); artifacts ``layers.csv`` and ``history.csv``.
-
-Trials run in several processes that share one SQLite file by default, so every call
-retries while the database is locked.
+The layout (the names, tags and URI rules that `study report` reads back) is owned by
+:mod:`study.runformat`; this module writes through it. Trials run in several processes that
+share one SQLite file by default, so every call retries while the database is locked.
 """
 from __future__ import annotations
 
@@ -24,84 +14,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-PHASE_INDEX = {"reach": 0, "sparsify": 1}
-STATUSES = ("running", "finished", "diverged", "failed", "pruned")
-LAYER_COLUMNS = ("layer", "total", "nonzero", "bias_total", "bias_nonzero", "remaining")
+from study import runformat as rf
 
 T = TypeVar("T")
 
 
-# -- URIs ---------------------------------------------------------------------------------------
-
-
-def sqlite_uri(path: str | Path) -> str:
-    """``sqlite:////abs/path.db``: MLflow 3 needs an absolute path."""
-    return f"sqlite:///{Path(path).expanduser().resolve()}"
-
-
-def resolve_tracking_uri(uri: str | None, output_dir: str | Path) -> str:
-    """The study's tracking URI, made absolute.
-
-    None -> ``sqlite:///<abs output_dir>/mlflow.db``; a relative ``sqlite:///x.db`` or a bare
-    path is taken relative to the working directory (a bare folder becomes a ``file:`` store);
-    server URIs (``http://...``, ``databricks``) are kept as they are.
-    """
-    if uri is None or uri == "":
-        return sqlite_uri(Path(output_dir) / "mlflow.db")
-    if uri.startswith("sqlite:///"):
-        rest = uri[len("sqlite:///"):]
-        return uri if rest.startswith("/") else sqlite_uri(rest)
-    if uri.startswith("file:") and not uri.startswith("file:/"):
-        return Path(uri[len("file:"):]).expanduser().resolve().as_uri()
-    if "://" not in uri and not uri.startswith(("databricks", "file:")):
-        path = Path(uri).expanduser()
-        return sqlite_uri(path) if path.suffix == ".db" else path.resolve().as_uri()
-    return uri
-
-
-def is_local_uri(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:"))
-
-
 # -- records -----------------------------------------------------------------------------------
-
-
-def numeric_metrics(record: dict[str, Any]) -> dict[str, float]:
-    """Every numeric key of an epoch record (no bools); ``phase`` becomes ``phase_index``."""
-    out: dict[str, float] = {}
-    for key, value in record.items():
-        if key == "phase":
-            if value in PHASE_INDEX:
-                out["phase_index"] = float(PHASE_INDEX[value])
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = float(value)
-    return out
-
-
-def param_string(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else str(list(value))
-    return str(value)
-
-
-def flatten_params(
-    *,
-    method: str,
-    arch: str,
-    dataset: str,
-    seed: int,
-    method_params: dict[str, Any],
-    train: dict[str, Any],
-    data: dict[str, Any],
-    model: dict[str, Any],
-) -> dict[str, str]:
-    """The child run's params: method, arch, dataset, seed, the method's parameters as they
-    are, then ``train.<field>``, ``data.<option>`` and ``model.<option>``."""
-    out = {"method": method, "arch": arch, "dataset": dataset, "seed": str(seed)}
-    out.update({k: param_string(v) for k, v in method_params.items()})
-    for prefix, values in (("train", train), ("data", data), ("model", model)):
-        out.update({f"{prefix}.{k}": param_string(v) for k, v in values.items()})
-    return out
 
 
 def table_csv(rows: Iterable[dict[str, Any]], columns: Iterable[str] | None = None) -> str:
@@ -222,7 +140,8 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, _loggable(v), now, step) for k, v in metrics.items()]
+        # NaN is stored as it is; SQL stores keep ±inf as ±(largest float), which the reader undoes.
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for start in range(0, len(items), 1000):
             self.call(self.client.log_batch, run_id, metrics=items[start : start + 1000])
 
@@ -237,19 +156,15 @@ class Tracker:
     def reopen(self, run_id: str) -> None:
         """A retried or resumed run is running again."""
         self.call(self.client.update_run, run_id, status="RUNNING")
-        self.set_tags(run_id, {"status": "running"})
+        self.set_tags(run_id, {rf.TAG_STATUS: rf.RUNNING})
 
     def finish(self, run_id: str, status: str, mlflow_status: str = "FINISHED", **tags: str) -> None:
-        """Set the ``status`` tag (finished, diverged, failed, pruned) and end the run."""
-        self.set_tags(run_id, {"status": status, **tags})
+        """Set the status tag (finished, diverged, failed, pruned, interrupted) and end the run."""
+        self.set_tags(run_id, {rf.TAG_STATUS: status, **tags})
         self.call(self.client.set_terminated, run_id, status=mlflow_status)
 
     def last_epoch(self, run_id: str) -> int:
         """The last epoch a run has logged (0 if none): where a retry continues logging."""
-        value = self.get_run(run_id).data.metrics.get("epoch")
+        value = self.get_run(run_id).data.metrics.get(rf.EPOCH)
         return int(value) if value is not None and math.isfinite(value) else 0
 
-
-def _loggable(value: float) -> float:
-    # MLflow stores NaN; ±inf is stored as ±max float by the SQL store. Keep them as they are.
-    return float(value)

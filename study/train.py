@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from study import runformat as rf
 from study import sparsity
 from study.method import Method, Phase, check_fields
 
@@ -206,16 +207,16 @@ def fit(
         test_loss, test_error = evaluate(model, data.test)
         report = sparsity.count_model(model, method.effective_weights(model))
         record: dict[str, Any] = {
-            "epoch": state.epoch,
-            "phase": state.phase,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_error": val_error,
-            "test_loss": test_loss,
-            "test_error": test_error,
+            rf.EPOCH: state.epoch,
+            rf.PHASE: state.phase,
+            rf.TRAIN_LOSS: train_loss,
+            rf.VAL_LOSS: val_loss,
+            rf.VAL_ERROR: val_error,
+            rf.TEST_LOSS: test_loss,
+            rf.TEST_ERROR: test_error,
             **report.metrics(),
             **method.epoch_metrics(model),
-            "epoch_seconds": time.perf_counter() - start,
+            rf.EPOCH_SECONDS: time.perf_counter() - start,
         }
         state.history.append(record)
 

@@ -43,7 +43,8 @@ from study import data as data_registry
 from study import models
 from study.method import MethodContext
 from study.methods import build_method, make_params
-from study.tracking import Tracker, flatten_params, numeric_metrics, table_csv, LAYER_COLUMNS
+from study import runformat as rf
+from study.tracking import Tracker, table_csv
 from study.train import TrainConfig, fit, seed_everything
 
 CHECKPOINT_FILE = "trial.pt"
@@ -166,31 +167,31 @@ class SeedRun:
         trial, tracker = self.trial, self.trial.tracker
         assert tracker is not None and trial.tracking is not None
         experiment_id, parent = trial.tracking["experiment_id"], trial.tracking["parent_run_id"]
-        existing = tracker.find_runs(experiment_id, {"study.trial_id": self.key, "mlflow.parentRunId": parent})
+        existing = tracker.find_runs(experiment_id, {rf.TAG_TRIAL_ID: self.key, rf.TAG_PARENT_RUN: parent})
         if existing:  # a retry or a resumed study: keep logging into the same run
             run = existing[-1]
             self.run_id = run.info.run_id
             tracker.reopen(self.run_id)
-            attempts = int(run.data.tags.get("study.attempts", "1")) + 1
-            tracker.set_tags(self.run_id, {"study.attempts": str(attempts)})
+            attempts = int(run.data.tags.get(rf.TAG_ATTEMPTS, "1")) + 1
+            tracker.set_tags(self.run_id, {rf.TAG_ATTEMPTS: str(attempts)})
             self.logged = tracker.last_epoch(self.run_id)
         else:
             tags = {
-                "mlflow.parentRunId": parent,
-                "study.role": "trial",
-                "study.trial_id": self.key,
-                "study.tune_trial_id": trial.trial_id,
-                "study.name": trial.study.get("name", ""),
-                "study.config_hash": trial.study.get("config_hash", ""),
-                "status": "running",
-                "study.attempts": "1",
+                rf.TAG_PARENT_RUN: parent,
+                rf.TAG_ROLE: rf.ROLE_TRIAL,
+                rf.TAG_TRIAL_ID: self.key,
+                rf.TAG_TUNE_TRIAL_ID: trial.trial_id,
+                rf.TAG_STUDY_NAME: trial.study.get("name", ""),
+                rf.TAG_CONFIG_HASH: trial.study.get("config_hash", ""),
+                rf.TAG_STATUS: rf.RUNNING,
+                rf.TAG_ATTEMPTS: "1",
             }
             if trial.study.get("git_commit"):
-                tags["mlflow.source.git.commit"] = trial.study["git_commit"]
+                tags[rf.TAG_GIT_COMMIT] = trial.study["git_commit"]
             name = f"{trial.method}-s{self.seed}-{trial.trial_id}"
             self.run_id = tracker.create_run(experiment_id, name, tags)
-        tracker.set_tags(self.run_id, {"study.device": device})
-        params = flatten_params(
+        tracker.set_tags(self.run_id, {rf.TAG_DEVICE: device})
+        params = rf.trial_params(
             method=trial.method, arch=trial.arch, dataset=trial.dataset, seed=self.seed,
             method_params=vars(make_params(trial.method, trial.params)),
             train={k: trial.train[k] for k in (*TRAIN_FIELDS, "device")},
@@ -205,7 +206,7 @@ class SeedRun:
         epoch = int(self.record["epoch"])
         if tracker is None or self.run_id is None or epoch <= self.logged:
             return  # already logged before a retry
-        tracker.log_metrics(self.run_id, numeric_metrics(self.record), step=epoch)
+        tracker.log_metrics(self.run_id, rf.numeric_metrics(self.record), step=epoch)
         self.logged = epoch
 
     def close(self) -> None:
@@ -213,8 +214,8 @@ class SeedRun:
         tracker = self.trial.tracker
         if tracker is not None and self.run_id is not None and not self.closed:
             history = self.state["state"]["history"] if self.state else []
-            tracker.log_text(self.run_id, table_csv(self.layers, LAYER_COLUMNS), "layers.csv")
-            tracker.log_text(self.run_id, table_csv(history), "history.csv")
+            tracker.log_text(self.run_id, table_csv(self.layers, rf.LAYER_COLUMNS), rf.LAYERS_CSV)
+            tracker.log_text(self.run_id, table_csv(history), rf.HISTORY_CSV)
             tracker.finish(self.run_id, self.status)
         self.closed = True
 
@@ -222,7 +223,7 @@ class SeedRun:
         tracker = self.trial.tracker
         if tracker is not None and self.run_id is not None and not self.closed:
             try:
-                tracker.finish(self.run_id, "failed", "FAILED", error=f"{type(err).__name__}: {err}"[:500])
+                tracker.finish(self.run_id, rf.FAILED, "FAILED", error=f"{type(err).__name__}: {err}"[:500])
             except Exception:  # never hide the original error
                 pass
 
@@ -246,7 +247,7 @@ class SeedRun:
         if result.status == "diverged":
             self.status, self.done = "diverged", True
         elif self.epoch >= self.config.epochs or patience_stop:
-            self.status, self.done = "finished", True
+            self.status, self.done = rf.FINISHED, True
         self._log_epoch()
 
     def checkpoint(self) -> dict[str, Any]:
@@ -327,7 +328,7 @@ class Trial:
     def summary(self, seeds: list[SeedRun]) -> dict[str, Any]:
         """What Tune sees each epoch: the mean over seeds of every numeric metric of each seed's
         latest record (a seed that stopped early keeps its last one), plus bookkeeping."""
-        records = [numeric_metrics(run.record) for run in seeds if run.record is not None]
+        records = [rf.numeric_metrics(run.record) for run in seeds if run.record is not None]
         keys = [k for k in records[0] if all(k in r for r in records)]
         out: dict[str, Any] = {k: sum(r[k] for r in records) / len(records) for k in keys}
         out["epoch"] = max(run.epoch for run in seeds)

@@ -18,7 +18,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """An absolute SQLite tracking URI, created once (creating the tables takes seconds)."""
-    from study.tracking import Tracker, sqlite_uri
+    from study.runformat import sqlite_uri
+    from study.tracking import Tracker
 
     uri = sqlite_uri(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
     Tracker(uri).experiment_id("warm-up")

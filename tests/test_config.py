@@ -12,7 +12,7 @@ from study.config import (
     study_from_dict,
 )
 from study.methods import default_params, method_names
-from study.tracking import resolve_tracking_uri, sqlite_uri
+from study.runformat import resolve_tracking_uri, sqlite_uri
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "literature.yaml")

@@ -1,0 +1,234 @@
+"""The run format: what a study writes to MLflow and what `study report` reads back.
+
+This module is the one owner of the names both sides share: metric names, trial statuses,
+phase codes, tag keys, param keys, artifact names, and the rules that turn a tracking URI or
+a study folder into an absolute MLflow URI. The writer (:mod:`study.tracking`,
+:mod:`study.trial`, :mod:`study.runner`) and the reader (:mod:`analysis.runs` and the rest of
+``analysis/``) both import it, so a rename happens here once. It imports nothing but the
+standard library (no torch, no pandas): ``analysis`` may import it and nothing else of
+``study``.
+
+The layout of one study in MLflow:
+
+- experiment = the study's experiment name (default: the study name);
+- parent run: tags ``study.role=parent``, ``study.name``, ``study.config_hash``,
+  ``study.search``, ``study.tune_name``, ``status``, the git commit; params ``study.*``;
+  artifacts ``study.yaml`` (the validated study) and ``study.source.yaml`` (the file as
+  written); an interrupted study ends KILLED with ``status=interrupted``;
+- child run per trial (per seed): tags ``mlflow.parentRunId``, ``study.role=trial``,
+  ``study.trial_id``, ``study.tune_trial_id``, ``status`` (running, finished, diverged,
+  failed, pruned), ``study.attempts``, ``study.device``; params ``method``, ``arch``,
+  ``dataset``, ``seed``, every method parameter, ``train.<field>``, ``data.<option>``,
+  ``model.<option>``; metrics: every numeric key of each epoch's record with step = epoch
+  (``phase`` as ``phase_index``); artifacts ``layers.csv`` and ``history.csv``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# -- trial statuses (tag STATUS) ----------------------------------------------------------------
+RUNNING = "running"
+FINISHED = "finished"
+DIVERGED = "diverged"
+PRUNED = "pruned"  # stopped early by the scheduler (ASHA)
+FAILED = "failed"
+#: Every status a trial's run can carry, in the order reports list them.
+STATUSES: tuple[str, ...] = (FINISHED, DIVERGED, PRUNED, FAILED, RUNNING)
+#: The parent run's status when the study was interrupted (it ends KILLED).
+INTERRUPTED = "interrupted"
+#: MLflow's own run states, for runs that ended before they could set their status tag.
+MLFLOW_STATES: dict[str, str] = {"FINISHED": FINISHED, "RUNNING": RUNNING, "SCHEDULED": RUNNING,
+                                 "FAILED": FAILED, "KILLED": FAILED}
+
+# -- phases -----------------------------------------------------------------------------------
+REACH = "reach"
+SPARSIFY = "sparsify"
+PHASES: tuple[str, ...] = (REACH, SPARSIFY)
+#: ``phase`` is a string in an epoch record and the number ``phase_index`` in MLflow.
+PHASE_INDEX: dict[str, int] = {name: i for i, name in enumerate(PHASES)}
+PHASE_NAMES: dict[int, str] = {i: name for name, i in PHASE_INDEX.items()}
+
+# -- per-epoch metrics (the keys of an epoch record) --------------------------------------------
+EPOCH = "epoch"
+PHASE = "phase"
+PHASE_INDEX_METRIC = "phase_index"
+TRAIN_LOSS = "train_loss"
+VAL_LOSS = "val_loss"
+VAL_ERROR = "val_error"
+TEST_LOSS = "test_loss"
+TEST_ERROR = "test_error"
+COMPRESSION = "compression"
+SPARSITY = "sparsity"
+NONZERO = "nonzero"
+MEMORY_KB = "memory_kb"
+EPOCH_SECONDS = "epoch_seconds"
+#: The metrics every method logs each epoch, in the order frames and files list them.
+STANDARD_METRICS: tuple[str, ...] = (
+    TRAIN_LOSS, VAL_LOSS, VAL_ERROR, TEST_LOSS, TEST_ERROR,
+    COMPRESSION, SPARSITY, NONZERO, MEMORY_KB, EPOCH_SECONDS,
+)
+#: A (trial, epoch) point counts only when these are finite numbers.
+KEY_METRICS: tuple[str, ...] = (TEST_ERROR, VAL_ERROR, COMPRESSION)
+#: Metrics a search objective or a scheduler may use (plus ``remaining.<layer>``).
+OBJECTIVE_METRICS: tuple[str, ...] = (
+    VAL_ERROR, VAL_LOSS, TRAIN_LOSS, TEST_ERROR, TEST_LOSS, COMPRESSION, SPARSITY, NONZERO, MEMORY_KB,
+)
+
+# Per-layer metrics: ``remaining.<layer>`` (a fraction of the layer's weights) and the
+# sensitivity statistics ``sens.<layer>.<stat>``.
+REMAINING_PREFIX = "remaining."
+SENS_PREFIX = "sens."
+SENS_STATS: tuple[str, ...] = ("q10", "q50", "q90", "mean", "frac_ge1")
+
+
+def remaining_key(layer: str) -> str:
+    """``fc1`` → ``remaining.fc1``."""
+    return f"{REMAINING_PREFIX}{layer}"
+
+
+def sens_key(layer: str, stat: str) -> str:
+    """``(fc1, q50)`` → ``sens.fc1.q50``."""
+    return f"{SENS_PREFIX}{layer}.{stat}"
+
+
+def layer_of_metric(key: str) -> str | None:
+    """The layer a per-layer metric belongs to (``remaining.fc1``, ``sens.fc1.q50`` → ``fc1``),
+    else None."""
+    if key.startswith(REMAINING_PREFIX):
+        return key[len(REMAINING_PREFIX):]
+    if key.startswith(SENS_PREFIX) and key.rsplit(".", 1)[-1] in SENS_STATS:
+        return key[len(SENS_PREFIX):].rsplit(".", 1)[0]
+    return None
+
+
+def is_objective_metric(key: str) -> bool:
+    return key in OBJECTIVE_METRICS or key.startswith(REMAINING_PREFIX)
+
+
+# -- tags ----------------------------------------------------------------------------------------
+TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_ROLE = "study.role"
+ROLE_PARENT = "parent"
+ROLE_TRIAL = "trial"
+TAG_STATUS = "status"
+TAG_ERROR = "error"
+TAG_STUDY_NAME = "study.name"
+TAG_CONFIG_HASH = "study.config_hash"
+TAG_SEARCH = "study.search"
+TAG_TUNE_NAME = "study.tune_name"
+TAG_TRIAL_ID = "study.trial_id"  # the Tune trial id, plus -s<seed> when a trial trains several
+TAG_TUNE_TRIAL_ID = "study.tune_trial_id"
+TAG_ATTEMPTS = "study.attempts"
+TAG_DEVICE = "study.device"
+
+# -- params --------------------------------------------------------------------------------------
+METHOD = "method"
+ARCH = "arch"
+DATASET = "dataset"
+SEED = "seed"
+#: Params that name what a trial trains, before its hyperparameters.
+CORE_PARAMS: tuple[str, ...] = (METHOD, ARCH, DATASET)
+#: Prefixes of the settings a trial logs besides its method's parameters.
+TRAIN_PREFIX, DATA_PREFIX, MODEL_PREFIX = "train.", "data.", "model."
+#: Params that say which seed, not which configuration.
+SEED_PARAMS: tuple[str, ...] = (SEED, f"{TRAIN_PREFIX}seed")
+#: Params that say where a trial ran, not what it is.
+NON_CONFIG_PARAMS: tuple[str, ...] = (f"{TRAIN_PREFIX}device",)
+#: The parent run's params (``study.<key>``).
+STUDY_PARAM_PREFIX = "study."
+
+# -- artifacts -----------------------------------------------------------------------------------
+STUDY_YAML = "study.yaml"
+STUDY_SOURCE_YAML = "study.source.yaml"
+LAYERS_CSV = "layers.csv"
+HISTORY_CSV = "history.csv"
+LAYER_COLUMNS: tuple[str, ...] = ("layer", "total", "nonzero", "bias_total", "bias_nonzero", "remaining")
+#: The SQLite store a study keeps in its output folder by default.
+STORE_FILE = "mlflow.db"
+
+
+# -- records → MLflow ------------------------------------------------------------------------------
+def numeric_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """Every numeric key of an epoch record (no bools); ``phase`` becomes ``phase_index``."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if key == PHASE:
+            if value in PHASE_INDEX:
+                out[PHASE_INDEX_METRIC] = float(PHASE_INDEX[value])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+
+
+def param_string(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else str(list(value))
+    return str(value)
+
+
+def trial_params(
+    *,
+    method: str,
+    arch: str,
+    dataset: str,
+    seed: int,
+    method_params: dict[str, Any],
+    train: dict[str, Any],
+    data: dict[str, Any],
+    model: dict[str, Any],
+) -> dict[str, str]:
+    """A child run's params: method, arch, dataset, seed, the method's parameters as they
+    are, then ``train.<field>``, ``data.<option>`` and ``model.<option>``."""
+    out = {METHOD: method, ARCH: arch, DATASET: dataset, SEED: str(seed)}
+    out.update({k: param_string(v) for k, v in method_params.items()})
+    for prefix, values in ((TRAIN_PREFIX, train), (DATA_PREFIX, data), (MODEL_PREFIX, model)):
+        out.update({f"{prefix}{k}": param_string(v) for k, v in values.items()})
+    return out
+
+
+# -- tracking URIs ---------------------------------------------------------------------------------
+def sqlite_uri(path: str | Path) -> str:
+    """``sqlite:////abs/path.db``: MLflow 3 needs an absolute path."""
+    return f"sqlite:///{Path(path).expanduser().resolve()}"
+
+
+def resolve_tracking_uri(uri: str | None, output_dir: str | Path) -> str:
+    """A study's tracking URI, made absolute.
+
+    None → ``sqlite:///<abs output_dir>/mlflow.db``; a relative ``sqlite:///x.db`` or a bare
+    path is taken relative to the working directory (a bare folder becomes a ``file:`` store);
+    server URIs (``http://...``, ``postgresql://...``, ``databricks``) are kept as they are.
+    """
+    if uri is None or uri == "":
+        return sqlite_uri(Path(output_dir) / STORE_FILE)
+    return absolute_tracking_uri(uri)
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """A relative ``sqlite:///x.db``, ``file:x`` or bare path made absolute; others unchanged."""
+    if uri.startswith("sqlite:///"):
+        rest = uri[len("sqlite:///"):]
+        return uri if rest.startswith("/") else sqlite_uri(rest)
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        return Path(uri[len("file:"):]).expanduser().resolve().as_uri()
+    if "://" not in uri and not uri.startswith(("databricks", "file:")):
+        path = Path(uri).expanduser()
+        is_db = path.is_file() or path.suffix in (".db", ".sqlite", ".sqlite3")
+        return sqlite_uri(path) if is_db else path.resolve().as_uri()
+    return uri
+
+
+def folder_tracking_uri(folder: str | Path) -> str:
+    """The tracking URI of a study's output folder: ``mlflow.db`` in it, else ``mlruns/``."""
+    folder = Path(folder)
+    if (folder / STORE_FILE).is_file():
+        return sqlite_uri(folder / STORE_FILE)
+    if (folder / "mlruns").is_dir():
+        return (folder / "mlruns").resolve().as_uri()
+    raise ValueError(f"{folder} holds no MLflow store: expected {STORE_FILE} or mlruns/ in it")
+
+
+def is_local_uri(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:"))
