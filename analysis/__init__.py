@@ -7,8 +7,7 @@ Modules, one concept each:
 - ``selection``: the operating-point rule used by the tables (pure);
 - ``tables``: the paper's Table 1 layout as Markdown, CSV and LaTeX (pure);
 - ``figures``: Pareto fronts, layer profiles, training curves, sensitivity statistics;
-- ``report``: ``study report``: all of the above into one folder, logged to the parent run;
-- ``fake``: a small synthetic study written to MLflow with the real layout, for tests and demos.
+- ``report``: ``study report``: all of the above into one folder, logged to the parent run.
 
 Nothing here imports the training side (torch, ``study.train``, ``study.runner``).
 """

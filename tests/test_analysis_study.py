@@ -1,8 +1,9 @@
 """Loading a study from MLflow and reporting on it (analysis/runs.py, analysis/report.py).
 
-One small synthetic study (analysis/fake.py) is written once per module into a temporary
-SQLite store with the real layout: a parent run, 13 trials with a failed, a diverged, a
-pruned and a still-running one, per-epoch metrics, sensitivity statistics and artifacts.
+One small synthetic study (tests/fake_study.py) is written once per module into a temporary
+SQLite store through the writer's own code: a parent run, 13 trials with a failed, a
+diverged, a pruned and a still-running one, per-epoch metrics, sensitivity statistics and
+artifacts.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import yaml
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from analysis import fake, tables  # noqa: E402
+import fake_study  # noqa: E402
+from analysis import tables  # noqa: E402
 from analysis.pareto import aggregate_seeds, brute_force_front  # noqa: E402
 from analysis.report import main, make_report  # noqa: E402
 from analysis.runs import load_runs, load_study_folder  # noqa: E402
@@ -31,25 +33,11 @@ LAYERS = ["fc1", "fc2", "fc3"]
 TARGET = 1.95  # the study YAML's target_error (the trials logged train.target_error = 2.0)
 
 
-def _expected_epochs() -> dict[str, int]:
-    """Epochs each fake trial logs: 6, except the failed (3), diverged (5), pruned and
-    running (4)."""
-    out = {}
-    for method, params, seeds, special in fake.TRIALS:
-        for seed in seeds:
-            trial = "-".join([method, *(f"{k}{v}" for k, v in params.items()), f"s{seed}"])
-            last = special.get(seed, ("finished", 6))[1]
-            if method == "sensitivity-spec" and seed == seeds[-1]:
-                last = 4
-            out[trial] = last
-    return out
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    ids = fake.make_fake_study(uri, "tiny", artifact_location=(root / "artifacts").as_uri(),
+    ids = fake_study.make_fake_study(uri, "tiny", artifact_location=(root / "artifacts").as_uri(),
                                target_error=2.0)
     return root, uri, ids
 
@@ -64,14 +52,11 @@ def runs(study):
 def report(study, runs):
     """The report made the way `study report study.yaml` makes it (a fresh load included)."""
     root, _, _ = study
-    torch_before = "torch" in sys.modules
     cfg = root / "study.yaml"
     cfg.write_text(yaml.safe_dump({"name": "tiny", "output_dir": str(root),
-                                   "target_error": TARGET}))
+                                   "train": {"target_error": TARGET}}))
     out = main(str(cfg))
     assert out == root / "report"
-    if not torch_before:  # analysis/ must not pull in the training side, even indirectly
-        assert "torch" not in sys.modules
     return out
 
 
@@ -79,8 +64,8 @@ def test_trials_frame_keeps_and_flags_every_trial(runs, study):
     _, _, ids = study
     t = runs.trials.set_index("trial_id")
     assert len(t) == 13 and set(t["run_id"]) == {v for k, v in ids.items() if k != "parent"}
-    assert t.loc["magnitude-threshold0.05-s1", "status"] == "failed"
-    assert t.loc["magnitude-threshold0.05-s1", "failed"]
+    assert t.loc["magnitude-quality0.5-s1", "status"] == "failed"
+    assert t.loc["magnitude-quality0.5-s1", "failed"]
     assert t.loc["l1-lam0.0001-threshold0.001-s1", "diverged"]
     assert t.loc["sensitivity-spec-lam1e-05-threshold0.001-s1", "running"]
     assert t.loc["weight-decay-lam0.0005-s0", "pruned"]
@@ -94,13 +79,13 @@ def test_trials_frame_keeps_and_flags_every_trial(runs, study):
     assert s0["compression"] == pytest.approx(
         runs.epochs.query("run_id == @s0.run_id and epoch == 6")["compression"].item())
     assert runs.parent_run_id == ids["parent"]
-    assert runs.study["target_error"] == 2.0
+    assert runs.study["train"]["target_error"] == 2.0
 
 
 def test_epochs_and_layers_frames(runs):
     ep = runs.epochs
     counts = ep.groupby("trial_id")["epoch"].agg(["count", "max"])
-    expected = _expected_epochs()
+    expected = fake_study.last_epochs()
     assert counts["count"].to_dict() == expected and counts["max"].to_dict() == expected
     assert set(ep["phase"]) == {"reach", "sparsify"}
     assert (ep.loc[ep["epoch"] <= 2, "phase"] == "reach").all()
@@ -143,7 +128,7 @@ def test_report_files(report, runs, tmp_path):
         assert (report / "tables" / f"table_lenet300_mnist.{ext}").is_file()
     md = (report / "report.md").read_text()
     assert md.count("![") == 4 and "Trials that did not finish" in md
-    for trial in ("magnitude-threshold0.05-s1", "l1-lam0.0001-threshold0.001-s1",
+    for trial in ("magnitude-quality0.5-s1", "l1-lam0.0001-threshold0.001-s1",
                   "weight-decay-lam0.0005-s0"):
         assert trial in md
     html = (report / "report.html").read_text()
@@ -274,6 +259,19 @@ def test_report_on_a_study_that_just_started(study, tmp_path):
     md = (out / "report.md").read_text()
     assert "No trial has logged a complete epoch yet" in md and "2 parent runs" in md
     assert (out / "report.html").is_file()
+
+
+def test_a_report_pulls_in_no_training_side(study, tmp_path):
+    """analysis/ must not pull in the training side, even indirectly (a fresh interpreter:
+    this one has torch already, from the fake study's validation)."""
+    _, uri, _ = study
+    code = ("import sys; from analysis.runs import load_runs; from analysis.report import make_report; "
+            f"make_report(load_runs({uri!r}, 'tiny'), {str(tmp_path)!r}, log_artifacts=False); "
+            "print(sorted(m for m in ('torch', 'ray', 'study.train', 'study.config') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "report.md").is_file()
 
 
 def test_analysis_never_imports_the_training_side():
