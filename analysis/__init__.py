@@ -7,8 +7,11 @@ Modules, one concept each:
 - ``selection``: the operating-point rule used by the tables (pure);
 - ``tables``: the paper's Table 1 layout as Markdown, CSV and LaTeX (pure);
 - ``figures``: Pareto fronts, layer profiles, training curves, sensitivity statistics;
-- ``report``: ``study report``: all of the above into one folder, logged to the parent run;
-- ``fake``: a small synthetic study written to MLflow with the real layout, for tests and demos.
+- ``document``: a small document model rendered to Markdown and HTML;
+- ``sections``: the report's sections (prose, tables, figures) written into a document;
+- ``report``: ``make_report``: all of the above into one folder, logged to the parent run
+  (``study report`` resolves its inputs and calls it).
 
-Nothing here imports the training side (torch, ``study.train``, ``study.runner``).
+Nothing here imports the training side (torch, ``study.train``, ``study.runner``); of
+``study`` it imports only the torch-free run format, :mod:`study.runformat`.
 """

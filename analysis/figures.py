@@ -19,10 +19,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
+from analysis.runs import sens_column
+from analysis.selection import REFERENCE_METHOD
 from analysis.tables import METHOD_LABELS, method_label, sorted_methods
 
-REFERENCE_METHOD = "none"
-SENS_COLUMNS = ("sens_q10", "sens_q50", "sens_q90", "sens_frac_ge1")
+#: The sensitivity statistics ``sensitivity_figure`` draws.
+Q10, Q50, Q90, FRAC_GE1 = (sens_column(s) for s in ("q10", "q50", "q90", "frac_ge1"))
 
 
 @contextmanager
@@ -206,9 +208,9 @@ def sensitivity_figure(stats: pd.DataFrame, layers: Sequence[str], *,
 
     ``stats``: rows per (method, epoch, layer) with ``sens_q10``, ``sens_q50``, ``sens_q90``,
     ``sens_frac_ge1`` (already averaged over seeds)."""
-    if stats.empty or not all(c in stats.columns for c in SENS_COLUMNS):
+    if stats.empty or not all(c in stats.columns for c in (Q10, Q50, Q90, FRAC_GE1)):
         return None
-    stats = stats.dropna(subset=["sens_q50"])
+    stats = stats.dropna(subset=[Q50])
     methods = sorted_methods(stats["method"])
     if not methods:
         return None
@@ -216,7 +218,7 @@ def sensitivity_figure(stats: pd.DataFrame, layers: Sequence[str], *,
         set(stats["layer"]) - set(layers))
     # S = 0 (e.g. a 10th percentile of exactly zero) cannot sit on a log axis: draw it at a
     # floor a decade below the smallest positive value.
-    values = stats[["sens_q10", "sens_q50", "sens_q90"]].to_numpy(dtype=float)
+    values = stats[[Q10, Q50, Q90]].to_numpy(dtype=float)
     positive = values[np.isfinite(values) & (values > 0)]
     floor = positive.min() / 10 if positive.size else 1e-12
     palette = dict(zip(order, sns.color_palette("viridis", len(order))))
@@ -231,18 +233,18 @@ def sensitivity_figure(stats: pd.DataFrame, layers: Sequence[str], *,
                 if s.empty:
                     continue
                 c = palette[layer]
-                left.plot(s["epoch"], s["sens_q50"].clip(lower=floor), color=c, lw=1.6,
+                left.plot(s["epoch"], s[Q50].clip(lower=floor), color=c, lw=1.6,
                           label=layer)
-                for q in ("sens_q10", "sens_q90"):  # thin lines: bands of many layers overlap
+                for q in (Q10, Q90):  # thin lines: bands of many layers overlap
                     left.plot(s["epoch"], s[q].clip(lower=floor), color=c, lw=0.8, ls="--")
-                right.plot(s["epoch"], 100 * s["sens_frac_ge1"], color=c, lw=1.4, label=layer)
+                right.plot(s["epoch"], 100 * s[FRAC_GE1], color=c, lw=1.4, label=layer)
             left.axhline(1.0, ls=":", color="black", lw=1)
             left.set_yscale("log", nonpositive="mask")
             left.set_ylabel("Sensitivity S\n(median; dashed: 10th, 90th pct.)")
             right.set_ylabel("Weights with S ≥ 1 (%)")
             left.set_title(method_label(m), loc="left", fontsize="medium")
             right.set_ylim(bottom=0)
-            if not (part["sens_frac_ge1"].fillna(0) > 0).any():
+            if not (part[FRAC_GE1].fillna(0) > 0).any():
                 right.text(0.5, 0.5, "no weight reached S ≥ 1", transform=right.transAxes,
                            ha="center", va="center", fontsize="small", color="0.3")
         for ax in axes[-1]:

@@ -116,29 +116,6 @@ def aggregate_seeds(
     return out
 
 
-def is_dominated(
-    point: tuple[float, float],
-    others: np.ndarray | Sequence[tuple[float, float]],
-    *,
-    maximize_x: bool = True,
-    minimize_y: bool = True,
-) -> bool:
-    """Brute force: does any of ``others`` dominate ``point`` = (x, y)?
-
-    b dominates a when b is at least as good in both coordinates and strictly better in one.
-    An identical point does not dominate. For tests and for checking the fast front.
-    """
-    x, y = point
-    sx = 1.0 if maximize_x else -1.0
-    sy = 1.0 if minimize_y else -1.0
-    for ox, oy in np.asarray(others, dtype=float).reshape(-1, 2):
-        better_or_equal = sx * ox >= sx * x and sy * oy <= sy * y
-        strictly = sx * ox > sx * x or sy * oy < sy * y
-        if better_or_equal and strictly:
-            return True
-    return False
-
-
 def _front_positions(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Non-dominated flags for x maximized, y minimized. O(n log n) sweep.
 
@@ -212,22 +189,3 @@ def pareto_front(
             raise ValueError(f"no column {col!r}; columns are {list(df.columns)}")
     mask = front_mask(df, x, y, by, maximize_x=maximize_x, minimize_y=minimize_y)
     return df[mask].sort_values([*by, x, y], kind="stable")
-
-
-def brute_force_front(
-    df: pd.DataFrame,
-    x: str = "compression",
-    y: str = "test_error",
-    by: Sequence[str] = ("arch", "dataset", "method"),
-) -> pd.DataFrame:
-    """O(n²) reference for ``pareto_front``: each finite row checked against its group."""
-    by = [c for c in by if c in df.columns]
-    keep = []
-    groups = df.groupby(by, sort=False, dropna=False) if by else [(None, df)]
-    for _, group in groups:
-        pts = group[[x, y]].to_numpy(dtype=float)
-        ok = np.isfinite(pts).all(axis=1)
-        for label, p, fine in zip(group.index, pts, ok):
-            if fine and not is_dominated((p[0], p[1]), pts[ok]):
-                keep.append(label)
-    return df.loc[keep].sort_values([*by, x, y], kind="stable")

@@ -43,6 +43,15 @@ FLAG_STATUSES: tuple[str, ...] = (rf.FAILED, rf.DIVERGED, rf.PRUNED, rf.RUNNING)
 UNKNOWN_PHASE = "unknown"
 
 
+def sens_column(stat: str) -> str:
+    """The layers frame's column of a sensitivity statistic: ``q50`` → ``sens_q50``."""
+    return f"sens_{stat}"
+
+
+#: The layers frame's sensitivity columns, one per statistic of ``study.runformat.SENS_STATS``.
+SENS_COLUMNS: tuple[str, ...] = tuple(sens_column(s) for s in SENS_STATS)
+
+
 @dataclass
 class Runs:
     """A study's runs as tidy frames, plus where they came from."""
@@ -57,7 +66,7 @@ class Runs:
     params: list[str] = field(default_factory=list)         # every param column
     config_params: list[str] = field(default_factory=list)  # params that define a configuration
     layer_order: dict[str, list[str]] = field(default_factory=dict)  # arch -> layers
-    study: dict[str, Any] | None = None                      # the parent's study.yaml, parsed
+    study: dict[str, Any] | None = None  # the parent's study.yaml, parsed (`study report` validates it)
     parent_runs: list[str] = field(default_factory=list)     # every parent run, newest first
 
     def layers_of(self, arch: str) -> list[str]:
@@ -143,17 +152,6 @@ def load_runs(tracking_uri: str | None, experiment: str, *, parent: str = "lates
         params=params, config_params=config_params, layer_order=layer_order, study=study,
         parent_runs=parent_ids,
     )
-
-
-def load_study_folder(folder: str | Path, experiment: str | None = None) -> Runs:
-    """Load from a study's output folder; the experiment may be omitted when it is the only one."""
-    uri = rf.folder_tracking_uri(folder)
-    if experiment is None:
-        names = list_experiments(uri)
-        if len(names) != 1:
-            raise ValueError(f"{folder} holds experiments {names}; name one with --experiment")
-        experiment = names[0]
-    return load_runs(uri, experiment)
 
 
 def _search_all(client, experiment_id: str) -> list:
@@ -352,11 +350,11 @@ def _layer_order(client, trials: pd.DataFrame, epochs: pd.DataFrame) -> dict[str
 def _layers_frame(epochs: pd.DataFrame, layer_order: dict[str, list[str]]) -> pd.DataFrame:
     id_cols = [c for c in ("run_id", "trial_id", "status", "config", "method", "arch", "dataset",
                            "seed", "epoch", "phase") if c in epochs.columns]
-    value_cols = ["remaining", *(f"sens_{s}" for s in SENS_STATS)]
+    value_cols = ["remaining", *SENS_COLUMNS]
     parts = []
     for layer in _layer_names(epochs.columns):
         source = {"remaining": rf.remaining_key(layer),
-                  **{f"sens_{s}": rf.sens_key(layer, s) for s in SENS_STATS}}
+                  **{sens_column(s): rf.sens_key(layer, s) for s in SENS_STATS}}
         present = {k: v for k, v in source.items() if v in epochs.columns}
         part = epochs[id_cols + list(present.values())].rename(
             columns={v: k for k, v in present.items()})

@@ -7,10 +7,11 @@ then the earlier epoch, then the configuration key, so the choice is determinist
 looks at test error. A method with no such point still gets a row, flagged
 ``met_target = False``.
 
-The target comes from, in order: ``--target-error``; the study's ``target_error``; the
-``train.target_error`` param shared by all trials of an architecture/data set; otherwise the
-best mean validation error of the unpruned ``none`` method (or of any method, without one)
-plus ``DEFAULT_TOLERANCE`` percentage points.
+The target comes from, in order (``resolve_targets``): ``--target-error``; the study's
+``train.target_error``; otherwise the best mean validation error of the unpruned ``none``
+method (or of any method, without one) plus ``DEFAULT_TOLERANCE`` percentage points. Where the
+first two come from (the study file, or the study's run in MLflow) is for the caller to say:
+``study report`` reads them.
 """
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ def resolve_targets(
     val: str = "val_error_mean",
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[tuple, Target]:
-    """One target (validation error, %) per architecture/data set present in ``points``."""
+    """One target (validation error, %) per architecture/data set present in ``points``:
+    ``explicit`` (``--target-error``), else ``study`` (the study's ``train.target_error``),
+    else derived from the points."""
     keys = _group_keys(points, by)
     targets: dict[tuple, Target] = {}
     if points.empty:
@@ -58,11 +61,6 @@ def resolve_targets(
         if study is not None:
             targets[key] = Target(float(study), "the study's target_error")
             continue
-        if "train.target_error" in group.columns:
-            shared = pd.to_numeric(group["train.target_error"], errors="coerce").dropna().unique()
-            if len(shared) == 1:
-                targets[key] = Target(float(shared[0]), "the trials' train.target_error")
-                continue
         complete = group[group["complete"].astype(bool)] if "complete" in group else group
         reference = complete[complete["method"] == REFERENCE_METHOD] if "method" in group else complete
         name = f"'{REFERENCE_METHOD}'"

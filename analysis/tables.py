@@ -291,12 +291,6 @@ def to_latex(display: pd.DataFrame, layers: Sequence[str], *, caption: str = "",
     return "\n".join(lines) + "\n"
 
 
-def latex_document(body: str) -> str:
-    """A minimal standalone document around a table, for compiling checks."""
-    return ("\\documentclass{article}\n\\usepackage[margin=1.5cm,landscape]{geometry}\n"
-            "\\usepackage{booktabs}\n\\begin{document}\n" + body + "\\end{document}\n")
-
-
 def table_caption(arch: str, dataset: str, target: float, target_source: str) -> str:
     return (
         f"{arch} on {dataset}. Operating point per method: the highest mean compression whose "

@@ -238,22 +238,46 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import main as report_main  # lazily: the analysis side is heavy
+    """Resolve the report's inputs once, then write it. A study file (validated, with --set)
+    names the runs (tracking URI, experiment), the folder (<output_dir>/report) and the
+    selection target (its train.target_error). A study folder or an experiment name names
+    the runs; the target is then that of the study the parent run logged (its study.yaml,
+    validated the same way). --tracking-uri, --experiment, --out and --target-error win."""
+    # lazily: the analysis side is heavy
+    from analysis.report import make_report
+    from analysis.runs import list_experiments, load_runs
+    from analysis.sections import slug
+    from study import runformat as rf
+    from study.config import load_study, study_from_dict
 
-    target, tracking_uri, experiment, out = args.target, args.tracking_uri, args.experiment, args.out
-    target_error = args.target_error
-    path = Path(target)
-    if path.is_file() and path.suffix in (".yaml", ".yml"):
-        # a study file: find its runs the way `study run` stored them
-        from study.config import load_study
-
-        config = load_study(path, args.set or ())
-        tracking_uri = tracking_uri or config.resolved_tracking_uri
-        experiment = experiment or config.experiment_name
-        out = out or config.output_path / "report"
-        if target_error is None and args.set:  # so that --set train.target_error=... reaches the selection
-            target_error = config.train.target_error
-    written = report_main(target, Path(out) if out else None, target_error, tracking_uri, experiment)
+    path = Path(args.target)
+    if args.set and not path.is_file():
+        raise ValueError(f"--set overrides fields of a study file; {args.target!r} is not one")
+    study = load_study(path, args.set or ()) if path.is_file() else None
+    if study is not None:
+        tracking_uri = args.tracking_uri or study.resolved_tracking_uri
+        experiment = args.experiment or study.experiment_name
+        out = Path(args.out) if args.out else study.output_path / "report"
+    elif path.is_dir():
+        tracking_uri = args.tracking_uri or rf.folder_tracking_uri(path)
+        names = [args.experiment] if args.experiment else list_experiments(
+            rf.absolute_tracking_uri(tracking_uri))
+        if len(names) != 1:
+            raise ValueError(f"{path} holds experiments {names}; name one with --experiment")
+        experiment = names[0]
+        out = Path(args.out) if args.out else path / "report"
+    else:
+        tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not tracking_uri:
+            raise ValueError(f"{args.target!r} is neither a study file nor a study folder; "
+                             "give --tracking-uri for an experiment name")
+        experiment = args.experiment or args.target
+        out = Path(args.out) if args.out else Path(f"report-{slug(experiment)}")
+    runs = load_runs(tracking_uri, experiment)
+    if study is None and runs.study is not None:  # the study these runs were made by
+        study = study_from_dict(runs.study, f"{rf.STUDY_YAML} of parent run {runs.parent_run_id}")
+    written = make_report(runs, out, target_error=args.target_error,
+                          study_target=study.train.target_error if study else None)
     print(written)
     return 0
 
@@ -291,10 +315,11 @@ def add_study_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("target", help="study YAML file, study output folder, or MLflow experiment name")
     p.add_argument("--out", default=None, help="report folder (default <output_dir>/report)")
     p.add_argument("--target-error", type=float, default=None,
-                   help="validation error (%%) an operating point may not exceed")
+                   help="validation error (%%) an operating point may not exceed (default: the study's "
+                   "train.target_error, else the best validation error of `none` + 0.5)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the study's)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the study's)")
-    p.add_argument("--set", **sets)
+    p.add_argument("--set", **{**sets, "help": "with a study file: " + sets["help"]})
     p.set_defaults(func=cmd_report)
 
 

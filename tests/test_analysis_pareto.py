@@ -1,5 +1,5 @@
 """Pareto fronts and seed aggregation (analysis/pareto.py): hand-computed cases and random
-point sets checked against the brute-force definition."""
+point sets checked against the brute-force definition (tests/references.py)."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.pareto import (aggregate_seeds, brute_force_front, front_mask, is_dominated,
-                             pareto_front, valid_rows)
+from analysis.pareto import aggregate_seeds, front_mask, pareto_front, valid_rows
+from references import brute_force_front, is_dominated
 
 
 def _pts(rows, by=None):

@@ -1,18 +1,20 @@
-"""Loading a study from MLflow and reporting on it (analysis/runs.py, analysis/report.py).
+"""Loading a study from MLflow and reporting on it (analysis/runs.py, analysis/report.py,
+and `study report`, which resolves the report's inputs).
 
-One small synthetic study (analysis/fake.py) is written once per module into a temporary
-SQLite store with the real layout: a parent run, 13 trials with a failed, a diverged, a
-pruned and a still-running one, per-epoch metrics, sensitivity statistics and artifacts.
+One small synthetic study (tests/fake_study.py) is written once per module into a temporary
+SQLite store through the writer's own code: a parent run, 13 trials with a failed, a
+diverged, a pruned and a still-running one, per-epoch metrics, sensitivity statistics and
+artifacts.
 """
 from __future__ import annotations
 
 import ast
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -21,36 +23,26 @@ import yaml
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from analysis import fake, tables  # noqa: E402
-from analysis.pareto import aggregate_seeds, brute_force_front  # noqa: E402
-from analysis.report import main, make_report  # noqa: E402
-from analysis.runs import load_runs, load_study_folder  # noqa: E402
+from analysis.pareto import aggregate_seeds  # noqa: E402
+from analysis.report import make_report  # noqa: E402
+from analysis.runs import load_runs  # noqa: E402
+from study import cli  # noqa: E402
+
+import fake_study  # noqa: E402  (tests/)
+from references import assert_latex_compiles, brute_force_front  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 LAYERS = ["fc1", "fc2", "fc3"]
-TARGET = 1.95  # the study YAML's target_error (the trials logged train.target_error = 2.0)
-
-
-def _expected_epochs() -> dict[str, int]:
-    """Epochs each fake trial logs: 6, except the failed (3), diverged (5), pruned and
-    running (4)."""
-    out = {}
-    for method, params, seeds, special in fake.TRIALS:
-        for seed in seeds:
-            trial = "-".join([method, *(f"{k}{v}" for k, v in params.items()), f"s{seed}"])
-            last = special.get(seed, ("finished", 6))[1]
-            if method == "sensitivity-spec" and seed == seeds[-1]:
-                last = 4
-            out[trial] = last
-    return out
+TARGET = 1.95  # the study file's train.target_error (the study in MLflow has 2.0)
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    ids = fake.make_fake_study(uri, "tiny", artifact_location=(root / "artifacts").as_uri(),
-                               target_error=2.0)
+    ids = fake_study.make_fake_study(uri, "tiny", artifact_location=(root / "artifacts").as_uri(),
+                                     target_error=2.0)
     return root, uri, ids
 
 
@@ -62,25 +54,21 @@ def runs(study):
 
 @pytest.fixture(scope="module")
 def report(study, runs):
-    """The report made the way `study report study.yaml` makes it (a fresh load included)."""
+    """The report made by `study report study.yaml` (a fresh load included)."""
     root, _, _ = study
-    torch_before = "torch" in sys.modules
     cfg = root / "study.yaml"
     cfg.write_text(yaml.safe_dump({"name": "tiny", "output_dir": str(root),
-                                   "target_error": TARGET}))
-    out = main(str(cfg))
-    assert out == root / "report"
-    if not torch_before:  # analysis/ must not pull in the training side, even indirectly
-        assert "torch" not in sys.modules
-    return out
+                                   "train": {"target_error": TARGET}}))
+    assert cli.main(["report", str(cfg)]) == 0
+    return root / "report"
 
 
 def test_trials_frame_keeps_and_flags_every_trial(runs, study):
     _, _, ids = study
     t = runs.trials.set_index("trial_id")
     assert len(t) == 13 and set(t["run_id"]) == {v for k, v in ids.items() if k != "parent"}
-    assert t.loc["magnitude-threshold0.05-s1", "status"] == "failed"
-    assert t.loc["magnitude-threshold0.05-s1", "failed"]
+    assert t.loc["magnitude-quality0.5-s1", "status"] == "failed"
+    assert t.loc["magnitude-quality0.5-s1", "failed"]
     assert t.loc["l1-lam0.0001-threshold0.001-s1", "diverged"]
     assert t.loc["sensitivity-spec-lam1e-05-threshold0.001-s1", "running"]
     assert t.loc["weight-decay-lam0.0005-s0", "pruned"]
@@ -94,13 +82,13 @@ def test_trials_frame_keeps_and_flags_every_trial(runs, study):
     assert s0["compression"] == pytest.approx(
         runs.epochs.query("run_id == @s0.run_id and epoch == 6")["compression"].item())
     assert runs.parent_run_id == ids["parent"]
-    assert runs.study["target_error"] == 2.0
+    assert runs.study["train"]["target_error"] == 2.0
 
 
 def test_epochs_and_layers_frames(runs):
     ep = runs.epochs
     counts = ep.groupby("trial_id")["epoch"].agg(["count", "max"])
-    expected = _expected_epochs()
+    expected = fake_study.last_epochs()
     assert counts["count"].to_dict() == expected and counts["max"].to_dict() == expected
     assert set(ep["phase"]) == {"reach", "sparsify"}
     assert (ep.loc[ep["epoch"] <= 2, "phase"] == "reach").all()
@@ -143,21 +131,14 @@ def test_report_files(report, runs, tmp_path):
         assert (report / "tables" / f"table_lenet300_mnist.{ext}").is_file()
     md = (report / "report.md").read_text()
     assert md.count("![") == 4 and "Trials that did not finish" in md
-    for trial in ("magnitude-threshold0.05-s1", "l1-lam0.0001-threshold0.001-s1",
+    for trial in ("magnitude-quality0.5-s1", "l1-lam0.0001-threshold0.001-s1",
                   "weight-decay-lam0.0005-s0"):
         assert trial in md
     html = (report / "report.html").read_text()
     assert html.count("<img ") == 4 and "</html>" in html
     tex = (report / "tables" / "table_lenet300_mnist.tex").read_text()
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
-    if shutil.which("pdflatex"):
-        doc = report / "check.tex"
-        doc.write_text(tables.latex_document(tex))
-        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
-                               "-output-directory", str(tmp_path), str(doc)],
-                              capture_output=True, text=True, timeout=120)
-        doc.unlink()
-        assert done.returncode == 0, done.stdout[-3000:]
+    assert_latex_compiles(tex, tmp_path)
 
 
 def test_report_logged_on_parent_run(report, runs):
@@ -226,29 +207,90 @@ def test_table_rows_follow_the_rule(report, runs):
             assert row["test_error_std"] == pytest.approx(at["test_error"].std(ddof=1))
 
 
-def test_main_reads_the_study_yaml(report):
+def test_the_study_file_sets_the_target(report):
     ops = pd.read_csv(report / "tables" / "operating_points.csv")
     assert (ops["target_error"] == TARGET).all()
     assert (ops.loc[ops["met_target"], "val_error_mean"] <= TARGET).all()
     assert "validation error ≤ 1.95% (the study's target_error)" in (report / "report.md").read_text()
 
 
-def test_other_ways_to_name_a_study(study, monkeypatch):
-    root, uri, _ = study
-    assert len(load_study_folder(root).trials) == 13   # the output folder alone is enough
+@pytest.fixture
+def resolved(monkeypatch):
+    """What `study report` resolved: make_report is replaced by a recorder."""
+    import analysis.report
+
+    calls = []
+
+    def record(runs, out, *, target_error=None, study_target=None):
+        calls.append(SimpleNamespace(runs=runs, out=out, target_error=target_error,
+                                     study_target=study_target))
+        return out
+
+    monkeypatch.setattr(analysis.report, "make_report", record)
+    return calls
+
+
+def test_other_ways_to_name_a_study(study, resolved, monkeypatch, capsys):
+    root, uri, ids = study
+    assert cli.main(["report", str(root)]) == 0   # the output folder alone is enough
+    (call,) = resolved
+    assert len(call.runs.trials) == 13 and call.out == root / "report"
+    assert call.study_target == 2.0 and call.target_error is None  # the parent's study.yaml
     with pytest.raises(ValueError, match="no experiment 'nope'"):
         load_runs(uri, "nope")
+    assert cli.main(["report", "tiny", "--tracking-uri", uri, "--target-error", "3"]) == 0
+    assert resolved[-1].out == Path("report-tiny") and resolved[-1].target_error == 3.0
+    assert resolved[-1].runs.parent_run_id == ids["parent"] and resolved[-1].study_target == 2.0
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with pytest.raises(ValueError, match="--tracking-uri"):
-        main("not-a-file-or-folder")
+    assert cli.main(["report", "not-a-file-or-folder"]) == 2
+    assert "--tracking-uri" in capsys.readouterr().err
+    assert cli.main(["report", str(root), "--set", "train.target_error=1"]) == 2
+    assert "--set overrides fields of a study file" in capsys.readouterr().err
+    assert len(resolved) == 2
 
 
-def test_report_on_a_study_that_just_started(study, tmp_path):
+def test_report_finds_the_runs_of_a_study_file(tmp_path, monkeypatch, resolved):
+    import analysis.runs
+
+    loads = []
+
+    def load(uri, experiment):
+        loads.append((uri, experiment))
+        return SimpleNamespace(study=None, parent_run_id=None)
+
+    monkeypatch.setattr(analysis.runs, "load_runs", load)
+    quick = str(CONFIGS / "quickstart.yaml")
+    assert cli.main(["report", quick, "--set", f"output_dir={tmp_path}", "--target-error", "2.5"]) == 0
+    assert loads[-1] == (f"sqlite:///{tmp_path}/mlflow.db", "quickstart")
+    assert (resolved[-1].out, resolved[-1].target_error) == (tmp_path / "report", 2.5)
+    assert resolved[-1].study_target == 5.0   # the file's train.target_error
+    assert cli.main(["report", quick, "--set", "train.target_error=3.5", "--set",
+                     f"output_dir={tmp_path}"]) == 0
+    assert (resolved[-1].target_error, resolved[-1].study_target) == (None, 3.5)
+    assert cli.main(["report", "some-experiment", "--tracking-uri", "http://x:5000", "--out", str(tmp_path)]) == 0
+    assert loads[-1] == ("http://x:5000", "some-experiment")
+    assert (resolved[-1].out, resolved[-1].target_error, resolved[-1].study_target) == (tmp_path, None, None)
+
+
+def test_a_parent_study_yaml_the_schema_rejects_is_an_error(mlflow_uri, tmp_path, resolved, capsys):
+    from study.tracking import Tracker
+
+    tracker = Tracker(mlflow_uri)
+    name = f"old-{tmp_path.name}"
+    parent = tracker.create_run(tracker.experiment_id(name), name, {"study.role": "parent"})
+    tracker.log_text(parent, yaml.safe_dump({"name": "old", "target_error": 2.0}), "study.yaml")
+    assert cli.main(["report", name, "--tracking-uri", mlflow_uri]) == 2
+    err = capsys.readouterr().err
+    assert f"study.yaml of parent run {parent}" in err and "target_error" in err
+    assert resolved == []
+
+
+def test_report_on_a_study_that_just_started(mlflow_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    _, uri, _ = study
+    uri, fresh = mlflow_uri, f"fresh-{tmp_path.name}"
     client = MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("fresh", artifact_location=(tmp_path / "art").as_uri())
+    exp = client.create_experiment(fresh, artifact_location=(tmp_path / "art").as_uri())
     trials = {}
     for start, name in ((1_000, "old"), (2_000, "new")):  # `study run` twice: two parents
         parent = client.create_run(exp, start_time=start, tags={"study.role": "parent"})
@@ -259,16 +301,16 @@ def test_report_on_a_study_that_just_started(study, tmp_path):
         client.log_param(trials[name].info.run_id, "method", "l1")
         trials[name + "_parent"] = parent
     trial = trials["new"]
-    runs = load_runs(uri, "fresh")
+    runs = load_runs(uri, fresh)
     assert runs.trials["run_id"].tolist() == [trial.info.run_id]   # the newest study run
     assert runs.parent_run_id == trials["new_parent"].info.run_id and len(runs.parent_runs) == 2
-    assert len(load_runs(uri, "fresh", parent="all").trials) == 2
-    old = load_runs(uri, "fresh", parent=trials["old_parent"].info.run_id)
+    assert len(load_runs(uri, fresh, parent="all").trials) == 2
+    old = load_runs(uri, fresh, parent=trials["old_parent"].info.run_id)
     assert old.trials["run_id"].tolist() == [trials["old"].info.run_id]
     assert runs.trials["running"].tolist() == [True] and runs.epochs.empty
     # An all-pruned network's compression is inf; the SQL store keeps it as the largest float.
     client.log_metric(trial.info.run_id, "compression", math.inf, step=1)
-    runs = load_runs(uri, "fresh")
+    runs = load_runs(uri, fresh)
     assert runs.epochs["compression"].tolist() == [math.inf]
     out = make_report(runs, tmp_path / "rep")
     md = (out / "report.md").read_text()
@@ -276,11 +318,29 @@ def test_report_on_a_study_that_just_started(study, tmp_path):
     assert (out / "report.html").is_file()
 
 
+def test_a_report_pulls_in_no_training_side(study, tmp_path):
+    """analysis/ must not pull in the training side, even indirectly (a fresh interpreter:
+    this one has torch already, from the fake study's validation)."""
+    _, uri, _ = study
+    code = ("import sys; from analysis.runs import load_runs; from analysis.report import make_report; "
+            f"make_report(load_runs({uri!r}, 'tiny'), {str(tmp_path)!r}, log_artifacts=False); "
+            "print(sorted(m for m in ('torch', 'ray', 'study.train', 'study.config') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "report.md").is_file()
+
+
 def test_analysis_never_imports_the_training_side():
+    """Nor anything of ``study`` but the run format: the CLI validates study files."""
     forbidden = ("torch", "study.train", "study.runner", "study.trial", "study.methods", "ray")
     for path in (REPO / "analysis").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if isinstance(node, ast.ImportFrom) and node.module == "study":
+                names = [f"study.{a.name}" for a in node.names]
             for name in names:
                 assert not name.startswith(forbidden), f"{path.name} imports {name}"
+                if name.split(".")[0] == "study":
+                    assert name == "study.runformat", f"{path.name} imports {name}"

@@ -210,21 +210,3 @@ def test_validate_with_set_and_bad_files(tmp_path: Path, capsys: pytest.CaptureF
     bad.write_text("methods: {l1: {lam: [1e-4}\n")
     assert cli.main(["validate", str(bad)]) == 2
     assert cli.main(["validate", str(tmp_path / "missing.yaml")]) == 2
-
-
-def test_report_finds_the_runs_of_a_study_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture) -> None:
-    import analysis.report
-
-    calls = []
-
-    def fake_main(target, out, target_error, tracking_uri, experiment):
-        calls.append((target, out, target_error, tracking_uri, experiment))
-        return Path(out or "somewhere")
-
-    monkeypatch.setattr(analysis.report, "main", fake_main)
-    quick = str(CONFIGS / "quickstart.yaml")
-    assert cli.main(["report", quick, "--set", f"output_dir={tmp_path}", "--target-error", "2.5"]) == 0
-    assert calls[-1] == (quick, tmp_path / "report", 2.5, f"sqlite:///{tmp_path}/mlflow.db", "quickstart")
-    assert cli.main(["report", "some-experiment", "--tracking-uri", "http://x:5000", "--out", str(tmp_path)]) == 0
-    assert calls[-1] == ("some-experiment", tmp_path, None, "http://x:5000", None)

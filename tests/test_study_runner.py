@@ -61,10 +61,11 @@ def test_grid_study_end_to_end(ray_session: Any, tiny_study: Any) -> None:
     assert entry["complete"] and entry["parent_run_id"] == parent.info.run_id
 
     # ... and the analysis side reports on this real study.
-    from analysis.report import main as report
+    from study import cli
 
-    out = report(config.experiment_name, out=config.output_path / "report", target_error=100.0,
-                 tracking_uri=config.resolved_tracking_uri)
+    out = config.output_path / "report"
+    assert cli.main(["report", config.experiment_name, "--tracking-uri", config.resolved_tracking_uri,
+                     "--out", str(out), "--target-error", "100"]) == 0
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert list((out / "figures").glob("pareto*.png")) and list((out / "figures").glob("pareto*.pdf"))
     assert list((out / "figures").glob("layer_profile*.png"))
