@@ -60,8 +60,11 @@ def test_unknown_dataset_lists_choices():
 def test_unknown_option_lists_valid_options():
     with pytest.raises(ValueError, match=r"unknown option\(s\) n_tset; valid options: n_test"):
         load_dataset("digits", n_tset=10)
-    with pytest.raises(ValueError, match="valid options: none"):
+    with pytest.raises(ValueError, match="normalize; valid options: n_test, n_train"):
         load_dataset("mnist", normalize=True)
+    # a loader without options (none is registered today) would say so
+    with pytest.raises(ValueError, match="valid options: none"):
+        data.check_options("dataset 'x'", {}, {"normalize": True})
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
