@@ -226,9 +226,20 @@ def _load_mnist10k(
     root: Path, val_fraction: float, seed: int, download: bool, *, n_test: int = 2000
 ) -> DataBundle:
     """The official MNIST test split (10,000 images) re-split into train/val/test."""
-    images, labels = locate("mnist10k", root, download)
-    x, y = read_idx_images_labels(images, labels)
+    x, y = _idx_tensors(*locate("mnist10k", root, download))
     return _held_out_bundle("mnist10k", x, y, 10, n_test, val_fraction, seed)
+
+
+def _idx_tensors(
+    images: Path, labels: Path, size: int = 0, what: str = ""
+) -> tuple[Tensor, Tensor]:
+    """An idx images/labels pair as float32 (N, 1, H, W) in [0, 1] and int64 labels, cut to
+    its fixed subset of ``size`` (0 = all) before the pixels are converted to float."""
+    x, y = read_idx_images_labels(images, labels)
+    if size:
+        keep = fixed_subset(len(y), size, what).numpy()
+        x, y = x[keep], y[keep]
+    return torch.from_numpy(x).float().unsqueeze(1) / 255.0, torch.from_numpy(y)
 
 
 def fixed_subset(n: int, size: int, what: str) -> Tensor:
@@ -251,13 +262,9 @@ def _load_idx_mnist(
         if value < 0:  # checked before reading 50 MB
             raise ValueError(f"{name}: {key}={value} is out of range; valid: 0 (all) or >= 1")
     train_images, train_labels, test_images, test_labels = locate(name, root, download)
-    x_train, y_train = read_idx_images_labels(train_images, train_labels)
-    x_test, y_test = read_idx_images_labels(test_images, test_labels)
-    tr = fixed_subset(len(y_train), n_train, f"{name}: n_train")
-    te = fixed_subset(len(y_test), n_test, f"{name}: n_test")
-    return _tensor_bundle(
-        name, x_train[tr], y_train[tr], x_test[te], y_test[te], 10, val_fraction, seed
-    )
+    x_train, y_train = _idx_tensors(train_images, train_labels, n_train, f"{name}: n_train")
+    x_test, y_test = _idx_tensors(test_images, test_labels, n_test, f"{name}: n_test")
+    return _tensor_bundle(name, x_train, y_train, x_test, y_test, 10, val_fraction, seed)
 
 
 def _load_mnist(

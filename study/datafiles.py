@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -105,8 +103,8 @@ def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
 
 def read_idx_images_labels(
     images: Path, labels: Path, num_classes: int = 10
-) -> tuple[Tensor, Tensor]:
-    """An images/labels idx pair as (float32 (N, 1, H, W) scaled to [0, 1], int64 (N,))."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """An images/labels idx pair, checked against each other: (uint8 (N, H, W), int64 (N,))."""
     x = read_idx(images, IDX_IMAGES_MAGIC)
     y = read_idx(labels, IDX_LABELS_MAGIC)
     if x.shape[0] != y.shape[0]:
@@ -117,7 +115,7 @@ def read_idx_images_labels(
         raise DataFileError(
             f"{labels}: label {int(y.max())} found, expected labels in [0, {num_classes - 1}]"
         )
-    return torch.from_numpy(x).float().unsqueeze(1) / 255.0, torch.from_numpy(y.astype(np.int64))
+    return x, y.astype(np.int64)
 
 
 def find_files(folders: list[Path], names: tuple[str, ...]) -> tuple[Path, ...] | None:
