@@ -15,13 +15,14 @@ Conventions, the same for every data set:
   not depend on ``seed``, so every seed is scored on the same test samples. The
   train/val carve depends on ``seed``. Everything is deterministic given ``seed``.
 - Labels are int64 class indices. Images are float32, (N, C, H, W).
+
+Missing files raise :class:`DataNotFoundError`, files that are there but unreadable
+:class:`DataFileError`; :func:`check_available` finds the first kind without loading anything.
 """
 from __future__ import annotations
 
-import gzip
 import inspect
 import os
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +33,22 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from study.datafiles import (  # re-exported: the data API is study.data
+    IDX_IMAGES_MAGIC,
+    IDX_LABELS_MAGIC,
+    MNIST10K_FILES,
+    MNIST_FILES,
+    DataFileError,
+    DataNotFoundError,
+    check_files,
+    locate,
+    mnist10k_folders,
+    mnist_folders,
+    read_idx,
+    read_idx_images_labels,
+    torchvision_dataset,
+)
+
 DEFAULT_ROOT = Path("~/.cache/sensitivity-study/data")
 ROOT_ENV = "STUDY_DATA_ROOT"
 TEST_SPLIT_SEED = 0  # fixed: the held-out test samples do not change with the run's seed
@@ -41,10 +58,6 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DataNotFoundError(FileNotFoundError):
-    """A data set's files are not where we looked; the message says where and how to get them."""
 
 
 # -- splits ------------------------------------------------------------------------------
@@ -192,59 +205,6 @@ def _held_out_bundle(
     return _tensor_bundle(name, x[rest], y[rest], x[test], y[test], num_classes, val_fraction, seed)
 
 
-# -- idx files (MNIST's original format) --------------------------------------------------
-
-IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dims
-IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dim
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
-    """Read an idx file (plain, or gzip: detected from its first bytes) into a numpy array.
-
-    Header: 2 zero bytes, a type code, the number of dimensions, then one big-endian
-    uint32 per dimension. ``expected_magic`` (e.g. 2051 for images) is checked if given.
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    if len(raw) < 4:
-        raise ValueError(f"{path}: too short for an idx file ({len(raw)} bytes)")
-    (magic,) = struct.unpack(">I", raw[:4])
-    zero, code, ndim = magic >> 16, (magic >> 8) & 0xFF, magic & 0xFF
-    if expected_magic is not None and magic != expected_magic:
-        raise ValueError(
-            f"{path}: idx magic number is {magic} (0x{magic:08x}), expected {expected_magic} "
-            f"(0x{expected_magic:08x}); wrong or corrupt file"
-        )
-    if zero != 0 or code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an idx file (magic number 0x{magic:08x})")
-    header = 4 + 4 * ndim
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[code])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(
-            f"{path}: idx data has {len(raw) - header} bytes, dims {dims} need {expected}"
-        )
-    array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-    return array.astype(dtype.newbyteorder("="))  # native byte order, and a writable copy
-
-
-def _find_pair(folders: list[Path], names: tuple[str, str]) -> tuple[Path, Path] | None:
-    """The first folder holding both files (each plain or .gz), so images and labels match."""
-    for folder in folders:
-        found = []
-        for name in names:
-            plain, gz = folder / name, folder / f"{name}.gz"
-            found.append(plain if plain.is_file() else gz if gz.is_file() else None)
-        if found[0] is not None and found[1] is not None:
-            return found[0], found[1]
-    return None
-
-
 # -- loaders -----------------------------------------------------------------------------
 # Each loader takes (root, val_fraction, seed, download) positionally, then its own
 # keyword-only options; load_dataset checks option names against the signature.
@@ -262,100 +222,65 @@ def _load_digits(
     return _held_out_bundle("digits", x, y, 10, n_test, val_fraction, seed)
 
 
-MNIST10K_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def mnist10k_folders(root: Path) -> list[Path]:
-    """Where mnist10k looks for its idx files, in order."""
-    return [root, root / "MNIST" / "raw", root / "mnist-t10k"]
-
-
 def _load_mnist10k(
     root: Path, val_fraction: float, seed: int, download: bool, *, n_test: int = 2000
 ) -> DataBundle:
     """The official MNIST test split (10,000 images) re-split into train/val/test."""
-    folders = mnist10k_folders(root)
-    pair = _find_pair(folders, MNIST10K_FILES)
-    failure = ""
-    if pair is None and download:
-        try:  # torchvision fetches all four MNIST files into root/MNIST/raw
-            _torchvision_dataset("mnist", root, train=False, download=True)
-        except DataNotFoundError as err:
-            failure = " ".join(str(err.__cause__).split())
-        pair = _find_pair(folders, MNIST10K_FILES)
-    if pair is None:
-        looked = ", ".join(str(f) for f in folders)
-        how = (
-            f"The download failed ({failure})."
-            if failure
-            else f"Pass download=True (--download) to fetch them into {root / 'MNIST' / 'raw'} "
-            f"with torchvision.datasets.MNIST."
-        )
-        raise DataNotFoundError(
-            f"mnist10k: {MNIST10K_FILES[0]}[.gz] and {MNIST10K_FILES[1]}[.gz] not found in any "
-            f"of: {looked}. {how} Or copy the two .gz files from "
-            f"https://ossci-datasets.s3.amazonaws.com/mnist/ into one of those folders, or "
-            f"point the data root at a folder that holds them."
-        )
-    images, labels = pair
-    x = read_idx(images, IDX_IMAGES_MAGIC)
-    y = read_idx(labels, IDX_LABELS_MAGIC)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"mnist10k: {images} has {x.shape[0]} images but {labels} has {y.shape[0]} labels"
-        )
-    xt = torch.from_numpy(x).float().unsqueeze(1) / 255.0
-    yt = torch.from_numpy(y.astype(np.int64))
-    return _held_out_bundle("mnist10k", xt, yt, 10, n_test, val_fraction, seed)
+    x, y = _idx_tensors(*locate("mnist10k", root, download))
+    return _held_out_bundle("mnist10k", x, y, 10, n_test, val_fraction, seed)
 
 
-# torchvision data sets: class name, the folder torchvision reads, how to fill it by hand.
-_MNIST_FILES = (
-    "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-    "t10k-labels-idx1-ubyte"
-)
-_TORCHVISION = {
-    "mnist": (
-        "MNIST",
-        "MNIST/raw",
-        f"download the four .gz files from https://ossci-datasets.s3.amazonaws.com/mnist/ and "
-        f"gunzip them there ({_MNIST_FILES})",
-    ),
-    "fashion-mnist": (
-        "FashionMNIST",
-        "FashionMNIST/raw",
-        f"download the four .gz files from "
-        f"http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ and gunzip them there "
-        f"({_MNIST_FILES})",
-    ),
-    "cifar10": (
-        "CIFAR10",
-        "cifar-10-batches-py",
-        "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it in "
-        "the data root",
-    ),
-}
+def _idx_tensors(
+    images: Path, labels: Path, size: int = 0, what: str = ""
+) -> tuple[Tensor, Tensor]:
+    """An idx images/labels pair as float32 (N, 1, H, W) in [0, 1] and int64 labels, cut to
+    its fixed subset of ``size`` (0 = all) before the pixels are converted to float."""
+    x, y = read_idx_images_labels(images, labels)
+    if size:
+        keep = fixed_subset(len(y), size, what).numpy()
+        x, y = x[keep], y[keep]
+    return torch.from_numpy(x).float().unsqueeze(1) / 255.0, torch.from_numpy(y)
 
 
-def _torchvision_dataset(name: str, root: Path, *, train: bool, download: bool) -> Any:
-    """A torchvision data set; "not found" and failed downloads become DataNotFoundError."""
-    import torchvision
+def fixed_subset(n: int, size: int, what: str) -> Tensor:
+    """Indices of ``size`` of ``n`` samples (0 = all), the first ``size`` of a seed-independent
+    permutation, in ascending order: the subset does not change with the run's seed, and a
+    smaller subset lies inside a larger one."""
+    if size == 0 or size == n:
+        return torch.arange(n)
+    if not 0 < size < n:
+        raise ValueError(f"{what}={size} is out of range; valid: 0 (all) or 1..{n}")
+    return _permutation(n, TEST_SPLIT_SEED)[:size].sort().values
 
-    cls_name, folder, by_hand = _TORCHVISION[name]
-    cls = getattr(torchvision.datasets, cls_name)
-    try:
-        return cls(root=str(root), train=train, download=download)
-    except (RuntimeError, OSError) as err:  # missing files, or a failed download (no network)
-        detail = " ".join(str(err).split())  # torchvision's messages span several lines
-        how = (
-            f"the download failed ({type(err).__name__}: {detail})"
-            if download
-            else "pass download=True (--download) to fetch them"
-        )
-        raise DataNotFoundError(
-            f"{name}: torchvision.datasets.{cls_name} found no usable files in {root / folder}; "
-            f"{how}. By hand: {by_hand}."
-        ) from err
+
+def _load_idx_mnist(
+    name: str, root: Path, val_fraction: float, seed: int, download: bool, n_train: int, n_test: int
+) -> DataBundle:
+    """Train = the official training split (or its fixed ``n_train`` subset, val carved from
+    it), test = the official test split (or its fixed ``n_test`` subset). Pixels to [0, 1]."""
+    for key, value in (("n_train", n_train), ("n_test", n_test)):
+        if value < 0:  # checked before reading 50 MB
+            raise ValueError(f"{name}: {key}={value} is out of range; valid: 0 (all) or >= 1")
+    train_images, train_labels, test_images, test_labels = locate(name, root, download)
+    x_train, y_train = _idx_tensors(train_images, train_labels, n_train, f"{name}: n_train")
+    x_test, y_test = _idx_tensors(test_images, test_labels, n_test, f"{name}: n_test")
+    return _tensor_bundle(name, x_train, y_train, x_test, y_test, 10, val_fraction, seed)
+
+
+def _load_mnist(
+    root: Path, val_fraction: float, seed: int, download: bool, *, n_train: int = 0, n_test: int = 0
+) -> DataBundle:
+    """MNIST (60,000 train / 10,000 test), pixels scaled to [0, 1] (as Caffe's LeNet), read
+    from the idx files. ``n_train`` / ``n_test`` > 0 keep a fixed subset of that size."""
+    return _load_idx_mnist("mnist", root, val_fraction, seed, download, n_train, n_test)
+
+
+def _load_fashion_mnist(
+    root: Path, val_fraction: float, seed: int, download: bool, *, n_train: int = 0, n_test: int = 0
+) -> DataBundle:
+    """Fashion-MNIST (60,000 train / 10,000 test), pixels scaled to [0, 1], read from the idx
+    files. ``n_train`` / ``n_test`` > 0 keep a fixed subset of that size."""
+    return _load_idx_mnist("fashion-mnist", root, val_fraction, seed, download, n_train, n_test)
 
 
 def _load_torchvision(
@@ -369,8 +294,8 @@ def _load_torchvision(
 ) -> DataBundle:
     """Train = the official training split (val carved from it), test = the official test
     split. Pixels to [0, 1], then (x - mean) / std per channel if ``mean_std`` is given."""
-    train = _torchvision_dataset(name, root, train=True, download=download)
-    test = _torchvision_dataset(name, root, train=False, download=download)
+    train = torchvision_dataset(name, root, train=True, download=download)
+    test = torchvision_dataset(name, root, train=False, download=download)
 
     def convert(ds: Any) -> tuple[Tensor, Tensor]:
         data = torch.as_tensor(np.asarray(ds.data))
@@ -388,16 +313,6 @@ def _load_torchvision(
     )
 
 
-def _load_mnist(root: Path, val_fraction: float, seed: int, download: bool) -> DataBundle:
-    """MNIST (60,000 train / 10,000 test), pixels scaled to [0, 1] (as Caffe's LeNet)."""
-    return _load_torchvision("mnist", root, val_fraction, seed, download, mean_std=None)
-
-
-def _load_fashion_mnist(root: Path, val_fraction: float, seed: int, download: bool) -> DataBundle:
-    """Fashion-MNIST (60,000 train / 10,000 test), pixels scaled to [0, 1]."""
-    return _load_torchvision("fashion-mnist", root, val_fraction, seed, download, mean_std=None)
-
-
 def _load_cifar10(
     root: Path, val_fraction: float, seed: int, download: bool, *, normalize: bool = True
 ) -> DataBundle:
@@ -405,18 +320,6 @@ def _load_cifar10(
     ([0, 1] then). No augmentation: the splits are plain tensors."""
     mean_std = (CIFAR10_MEAN, CIFAR10_STD) if normalize else None
     return _load_torchvision("cifar10", root, val_fraction, seed, download, mean_std=mean_std)
-
-
-def _imagenet_dir(root: Path) -> Path:
-    for candidate in (root / "imagenet", root):
-        if (candidate / "train").is_dir() and (candidate / "val").is_dir():
-            return candidate
-    raise DataNotFoundError(
-        f"imagenet: no ImageFolder layout (train/<class>/*.JPEG and val/<class>/*.JPEG) in "
-        f"{root / 'imagenet'} or {root}. It cannot be downloaded automatically: get ILSVRC2012 "
-        f"from https://image-net.org/, sort the validation images into one folder per class "
-        f"(the same class folder names as train/) and place train/ and val/ there."
-    )
 
 
 def _load_imagenet(
@@ -437,7 +340,7 @@ def _load_imagenet(
     """
     from torchvision import datasets, transforms
 
-    base = _imagenet_dir(root)
+    base = locate("imagenet", root, download)
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     plain = transforms.Compose(
         [transforms.Resize(resize), transforms.CenterCrop(crop), transforms.ToTensor(), normalize]
@@ -592,6 +495,14 @@ def check_options(what: str, defaults: dict[str, Any], options: dict[str, Any]) 
     return {k: _coerce(what, k, v, defaults[k]) for k, v in options.items()}
 
 
+def _checked(name: str, options: dict[str, Any]) -> tuple[Callable[..., DataBundle], dict]:
+    """The loader of ``name`` and its checked options; unknown names/options -> ValueError."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(dataset_names())}")
+    loader = DATASETS[name]
+    return loader, check_options(f"dataset {name!r}", option_defaults(loader), options)
+
+
 def load_dataset(
     name: str,
     *,
@@ -602,10 +513,24 @@ def load_dataset(
     **options: Any,
 ) -> DataBundle:
     """Load a registered data set with deterministic train/val/test splits."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(dataset_names())}")
+    loader, options = _checked(name, options)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    loader = DATASETS[name]
-    options = check_options(f"dataset {name!r}", option_defaults(loader), options)
     return loader(data_root(root), val_fraction, seed, download, **options)
+
+
+def check_available(
+    name: str, root: str | Path | None = None, download: bool = False, **options: Any
+) -> None:
+    """Raise :class:`DataNotFoundError` (one line: which data set, where it looked, how to get
+    it) unless ``name``'s files are under the data root, or ``download`` will fetch them.
+
+    Cheap: it looks for files and folders but reads no data and downloads nothing, so it can
+    run on the driver before a study starts. It looks exactly where the loader looks. Unknown
+    names or options raise ValueError, as in :func:`load_dataset`. ``digits`` and
+    ``synthetic`` need no files; ``imagenet`` cannot be downloaded, so ``download`` does not
+    excuse a missing ImageNet folder. Whether present files are intact is found out on load
+    (:class:`DataFileError`).
+    """
+    _checked(name, options)
+    check_files(name, data_root(root), download)

@@ -1,4 +1,6 @@
-"""Tests for study/data.py: splits, idx parsing, mnist10k, torchvision and folder loaders."""
+"""Tests for study/data.py and study/datafiles.py: splits, idx parsing and its errors, the
+mnist10k / mnist / fashion-mnist idx loaders, torchvision and folder loaders, check_available.
+The full real MNIST is tested in test_mnist_real.py."""
 from __future__ import annotations
 
 import gzip
@@ -10,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from study import data
+from study import data, datafiles
 from study.data import (
     DataBundle,
+    DataFileError,
     DataNotFoundError,
     TensorSplit,
     DatasetSplit,
@@ -60,8 +63,11 @@ def test_unknown_dataset_lists_choices():
 def test_unknown_option_lists_valid_options():
     with pytest.raises(ValueError, match=r"unknown option\(s\) n_tset; valid options: n_test"):
         load_dataset("digits", n_tset=10)
-    with pytest.raises(ValueError, match="valid options: none"):
+    with pytest.raises(ValueError, match="normalize; valid options: n_test, n_train"):
         load_dataset("mnist", normalize=True)
+    # a loader without options (none is registered today) would say so
+    with pytest.raises(ValueError, match="valid options: none"):
+        data.check_options("dataset 'x'", {}, {"normalize": True})
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
@@ -173,6 +179,12 @@ def test_read_idx_plain_and_gz(tmp_path, gz):
     np.testing.assert_array_equal(read_idx(labels, data.IDX_LABELS_MAGIC), [7, 1, 9])
 
 
+def one_line(err: BaseException) -> str:
+    message = str(err)
+    assert "\n" not in message
+    return message
+
+
 def test_read_idx_errors(tmp_path):
     labels = write_idx(tmp_path / "labels", np.zeros(5, dtype=np.uint8))
     with pytest.raises(ValueError, match=r"magic number is 2049 .* expected 2051"):
@@ -185,6 +197,54 @@ def test_read_idx_errors(tmp_path):
     truncated.write_bytes(labels.read_bytes()[:-2])
     with pytest.raises(ValueError, match="idx data has 3 bytes"):
         read_idx(truncated)
+
+
+def test_truncated_idx_names_the_file_and_the_expected_size(tmp_path):
+    images = write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((60, 28, 28), np.uint8))
+    images.write_bytes(images.read_bytes()[:1000])  # 60 images need 16 + 47040 bytes
+    with pytest.raises(DataFileError) as info:
+        read_idx(images, data.IDX_IMAGES_MAGIC)
+    assert isinstance(info.value, ValueError)
+    expected = f"{images}: expected 47056 bytes for 60 images of 28x28, got 1000"
+    assert one_line(info.value).startswith(expected)
+    labels = write_idx(tmp_path / "labels", np.zeros(60, np.uint8), gz=True)
+    short = gzip.decompress(labels.read_bytes())[:-10]
+    labels.write_bytes(gzip.compress(short))  # a whole gzip stream around a short idx
+    with pytest.raises(DataFileError, match=r"labels: expected 68 bytes for 60 labels, got 58 unpacked"):
+        read_idx(labels, data.IDX_LABELS_MAGIC)
+    header_only = tmp_path / "header"
+    header_only.write_bytes(images.read_bytes()[:10])  # cut inside the header
+    with pytest.raises(DataFileError, match=r"header: expected a 16-byte idx header \(3 dims\), got 10"):
+        read_idx(header_only)
+    tiny = tmp_path / "tiny"
+    tiny.write_bytes(b"\x00\x00")
+    with pytest.raises(DataFileError, match=r"tiny: 2 bytes, too short for an idx file"):
+        read_idx(tiny)
+
+
+def test_gzip_cut_short_names_the_file(tmp_path):
+    path = write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.ones((50, 28, 28), np.uint8), gz=True)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataFileError) as info:
+        read_idx(path, data.IDX_IMAGES_MAGIC)
+    assert one_line(info.value).startswith(f"{path}: corrupt or truncated gzip file")
+    assert "expected a complete gzip-compressed idx file" in str(info.value)
+    corrupt = bytearray(whole)
+    corrupt[-6] ^= 0xFF  # the stored CRC no longer matches
+    path.write_bytes(bytes(corrupt))
+    with pytest.raises(DataFileError, match="corrupt or truncated gzip file"):
+        read_idx(path, data.IDX_IMAGES_MAGIC)
+
+
+def test_wrong_magic_names_the_file_and_the_expected_magic(tmp_path):
+    path = write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 4, 4), np.uint8), magic=1234)
+    with pytest.raises(DataFileError) as info:
+        read_idx(path, data.IDX_IMAGES_MAGIC)
+    assert one_line(info.value) == (
+        f"{path}: idx magic number is 1234 (0x000004d2), expected 2051 (0x00000803, images); "
+        f"wrong or corrupt file"
+    )
 
 
 def fake_t10k(folder: Path, n: int = 50, *, gz: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -259,6 +319,215 @@ def test_mnist10k_via_symlinked_mnist_raw(tmp_path):
     a = load_dataset("mnist10k", root=tmp_path, seed=4)
     b = load_dataset("mnist10k", root=MNIST10K, seed=4)
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
+
+
+# -- mnist / fashion-mnist from idx files (fake files; the real ones in test_mnist_real.py) ----
+
+
+def fake_mnist(folder: Path, n_train: int = 40, n_test: int = 12, *, gz: bool = True) -> None:
+    """Four MNIST-named idx files with random pixels; labels count 0..9 in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if gz else ""
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28))
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, gz=gz)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", np.arange(n) % 10, gz=gz)
+
+
+@pytest.mark.parametrize(
+    "name, layout, gz",
+    [("mnist", "MNIST/raw", True), ("mnist", "MNIST/raw", False), ("mnist", "root", True),
+     ("fashion-mnist", "FashionMNIST/raw", True), ("fashion-mnist", "root", False)],
+)
+def test_mnist_idx_layouts(tmp_path, name, layout, gz):
+    fake_mnist(tmp_path if layout == "root" else tmp_path / layout, gz=gz)
+    bundle = load_dataset(name, root=tmp_path, val_fraction=0.25)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (30, 10, 12)
+    assert bundle.name == name and bundle.input_shape == (1, 28, 28) and bundle.num_classes == 10
+    assert torch.equal(bundle.test.y, torch.arange(12) % 10)  # the official test split, in order
+    data.check_available(name, root=tmp_path)  # the check finds what the loader finds
+
+
+def test_mnist_matches_torchvision_on_the_same_files(tmp_path):
+    """The idx reader gives exactly the tensors the torchvision path gave (pixels / 255, in file
+    order), from plain files and from gzipped copies."""
+    import torchvision
+
+    fake_mnist(tmp_path / "plain" / "MNIST" / "raw", gz=False)
+    fake_mnist(tmp_path / "gz" / "MNIST" / "raw", gz=True)
+    for root in (tmp_path / "plain", tmp_path / "gz"):
+        bundle = load_dataset("mnist", root=root, val_fraction=0.0)
+        for split, train in ((bundle.train, True), (bundle.test, False)):
+            ref = torchvision.datasets.MNIST(str(tmp_path / "plain"), train=train)
+            assert torch.equal(split.x, ref.data.float().unsqueeze(1) / 255.0)
+            assert torch.equal(split.y, ref.targets) and split.x.dtype == torch.float32
+
+
+def test_mnist_files_must_come_from_one_folder(tmp_path):
+    fake_mnist(tmp_path / "MNIST" / "raw")
+    labels = "t10k-labels-idx1-ubyte.gz"
+    (tmp_path / "MNIST" / "raw" / labels).rename(tmp_path / labels)
+    with pytest.raises(DataNotFoundError) as info:
+        load_dataset("mnist", root=tmp_path)
+    message = one_line(info.value)
+    assert "not found in any of" in message and "all four in one folder" in message
+    assert f"{tmp_path / 'MNIST' / 'raw'} holds only train-images-idx3-ubyte" in message
+
+
+def test_mnist_subsets(tmp_path):
+    fake_mnist(tmp_path, n_train=100, n_test=30)
+    full = load_dataset("mnist", root=tmp_path, val_fraction=0.0)
+    small = load_dataset("mnist", root=tmp_path, n_train="20", n_test=10, val_fraction=0.25, seed=1)
+    assert (len(small.train), len(small.val), len(small.test)) == (15, 5, 10)
+    rows = lambda split: {tuple(r) for r in split.x.flatten(1).tolist()}  # noqa: E731
+    assert rows(small.train) | rows(small.val) <= rows(full.train)
+    assert rows(small.test) <= rows(full.test)
+    other_seed = load_dataset("mnist", root=tmp_path, n_train=20, n_test=10, val_fraction=0.25, seed=2)
+    assert rows(other_seed.train) | rows(other_seed.val) == rows(small.train) | rows(small.val)
+    assert not torch.equal(other_seed.val.x, small.val.x)  # the carve still follows the seed
+    larger = load_dataset("mnist", root=tmp_path, n_train=40, val_fraction=0.0)
+    assert rows(small.train) | rows(small.val) <= rows(larger.train)  # subsets nest
+    everything = load_dataset("mnist", root=tmp_path, n_train=100, val_fraction=0.0)
+    assert torch.equal(everything.train.x, full.train.x)
+    with pytest.raises(ValueError, match=r"mnist: n_train=101 is out of range; valid: 0 \(all\) or 1\.\.100"):
+        load_dataset("mnist", root=tmp_path, n_train=101)
+    with pytest.raises(ValueError, match=r"n_test=-1 is out of range"):  # before looking for files
+        load_dataset("fashion-mnist", root=tmp_path / "nowhere", n_test=-1)
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [("truncate", r"expected 9424 bytes for 12 images of 28x28, got 5000"),
+     ("cut_gzip", r"corrupt or truncated gzip file"),
+     ("magic", r"magic number is 2049 .*expected 2051")],
+)
+def test_damaged_mnist_file_is_named(tmp_path, damage, expected):
+    raw = tmp_path / "MNIST" / "raw"
+    fake_mnist(raw, gz=damage == "cut_gzip")
+    target = raw / ("t10k-images-idx3-ubyte" + (".gz" if damage == "cut_gzip" else ""))
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[:5000])
+    elif damage == "cut_gzip":
+        target.write_bytes(target.read_bytes()[:-100])
+    else:
+        target.write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    with pytest.raises(DataFileError, match=expected) as info:
+        load_dataset("mnist", root=tmp_path)
+    assert one_line(info.value).startswith(f"{target}: ")
+
+
+def test_mnist_labels_out_of_range(tmp_path):
+    fake_mnist(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.full(12, 10, np.uint8), gz=True)
+    expected = r"t10k-labels-idx1-ubyte.gz: label 10 found, expected labels in \[0, 9\]"
+    with pytest.raises(DataFileError, match=expected):
+        load_dataset("mnist", root=tmp_path)
+
+
+class FakeTorchvisionMNIST:
+    """Stands in for torchvision.datasets.MNIST(download=True): writes unpacked files into
+    root/MNIST/raw, as the real download does, and counts its calls."""
+
+    calls = 0
+
+    def __init__(self, root, train=True, download=False):
+        type(self).calls += 1
+        if download:
+            fake_mnist(Path(root) / "MNIST" / "raw", n_train=20, n_test=10, gz=False)
+
+
+def test_mnist_download_goes_through_torchvision(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeTorchvisionMNIST)
+    with pytest.raises(DataNotFoundError):
+        data.check_available("mnist", root=tmp_path)
+    data.check_available("mnist", root=tmp_path, download=True)  # would download: fine
+    assert FakeTorchvisionMNIST.calls == 0  # the check downloads nothing
+    bundle = load_dataset("mnist", root=tmp_path, download=True, val_fraction=0.0)
+    assert (len(bundle.train), len(bundle.test)) == (20, 10) and FakeTorchvisionMNIST.calls == 1
+    load_dataset("mnist", root=tmp_path, download=True)  # present now: no second download
+    assert FakeTorchvisionMNIST.calls == 1
+
+
+def test_mnist_failed_download_says_why(tmp_path, monkeypatch):
+    import torchvision
+
+    class Offline:
+        def __init__(self, root, train=True, download=False):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://x, got: down")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    for name in ("mnist", "mnist10k"):
+        with pytest.raises(DataNotFoundError) as info:
+            load_dataset(name, root=tmp_path, download=True)
+        message = one_line(info.value)
+        assert "The download failed (RuntimeError: Error downloading train-images" in message
+        assert "Tried https://x, got: down)" in message  # torchvision's lines joined into one
+
+
+# -- check_available: cheap, one line, where the loader looks --------------------------------
+
+
+def test_check_available_without_files(tmp_path):
+    for name in ("digits", "synthetic"):
+        data.check_available(name, root=tmp_path)  # nothing on disk needed
+    for name, where in (("mnist10k", "mnist-t10k"), ("mnist", "MNIST/raw"),
+                        ("fashion-mnist", "FashionMNIST/raw"), ("cifar10", "cifar-10-batches-py"),
+                        ("imagenet", "imagenet")):
+        with pytest.raises(DataNotFoundError) as info:
+            data.check_available(name, root=tmp_path)
+        message = one_line(info.value)
+        assert message.startswith(f"{name}: ") and str(tmp_path / where) in message
+        with pytest.raises(DataNotFoundError) as loading:
+            load_dataset(name, root=tmp_path)
+        assert str(loading.value) == message  # the loader says the same thing
+        if name != "imagenet":
+            assert "download=True" in message
+            data.check_available(name, root=tmp_path, download=True)
+    with pytest.raises(DataNotFoundError, match="cannot be downloaded"):
+        data.check_available("imagenet", root=tmp_path, download=True)
+
+
+def test_check_available_uses_the_data_root_and_checks_names(tmp_path, monkeypatch):
+    fake_t10k(tmp_path / "mnist-t10k")
+    monkeypatch.setenv("STUDY_DATA_ROOT", str(tmp_path))
+    data.check_available("mnist10k")
+    data.check_available("mnist10k", n_test="100")
+    with pytest.raises(ValueError, match="unknown dataset 'mnist100'; valid choices: digits"):
+        data.check_available("mnist100")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) n_tset; valid options: n_test"):
+        data.check_available("mnist10k", n_tset=1)
+
+
+def test_check_available_reads_nothing(tmp_path):
+    """Garbage under the right names passes the check (it only looks), then fails on load."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in data.MNIST_FILES:
+        (raw / name).write_bytes(b"junk")
+    data.check_available("mnist", root=tmp_path)
+    with pytest.raises(DataFileError, match="train-images-idx3-ubyte: idx magic number is"):
+        load_dataset("mnist", root=tmp_path)
+
+
+def test_check_available_cifar10_and_imagenet_layouts(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in datafiles.CIFAR10_FILES[:-1]:
+        (folder / name).write_bytes(b"")
+    with pytest.raises(DataNotFoundError):  # batches.meta missing
+        data.check_available("cifar10", root=tmp_path)
+    (folder / "batches.meta").write_bytes(b"")
+    data.check_available("cifar10", root=tmp_path)
+    (tmp_path / "imagenet" / "train").mkdir(parents=True)
+    (tmp_path / "imagenet" / "val").mkdir()
+    with pytest.raises(DataNotFoundError):  # no class folders yet
+        data.check_available("imagenet", root=tmp_path)
+    (tmp_path / "imagenet" / "train" / "ant").mkdir()
+    (tmp_path / "imagenet" / "val" / "ant").mkdir()
+    data.check_available("imagenet", root=tmp_path)
 
 
 # -- torchvision data sets (no network here: fake files on disk, and the error path) ---------
