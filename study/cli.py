@@ -16,17 +16,6 @@ from rich.table import Table
 console = Console(stderr=True)
 
 
-def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, str]:
-    """``["lam=1e-3", "threshold=0.01"]`` → ``{"lam": "1e-3", "threshold": "0.01"}``."""
-    out: dict[str, str] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = value.strip()
-    return out
-
-
 def _finite(value: Any) -> Any:
     """JSON has no infinity: an all-pruned model's compression is written as null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -83,6 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from study import models
     from study.method import MethodContext
     from study.methods import build_method, method_class
+    from study.options import parse_assignments
     from study.train import TrainConfig, fit, seed_everything
 
     method_params = parse_assignments(args.param, "--param")

@@ -38,6 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from study import runformat as rf
+from study.options import check_options, coerce, option_defaults
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 TRAIN_KEY = "train"  # reserved in a method's entry: that method's train overrides
@@ -322,20 +323,10 @@ _RANGE_KEYS = {"low", "high", "log", "step", "num"}
 
 
 def _typed(method: str, param: str, value: Any) -> Any:
-    """``value`` coerced to the declared type of ``method``'s parameter (strings, int -> float)."""
-    import typing
+    """``value`` as the declared type of ``method``'s parameter (strings parsed, int -> float)."""
+    from study.methods import param_types
 
-    from study.methods import coerce_value, method_class
-
-    hint = typing.get_type_hints(method_class(method).Params)[param]
-    try:
-        value = coerce_value(value, hint, param)
-    except ValueError as err:
-        raise ValueError(f"methods.{method}.{param}: {err}") from None
-    floats = hint is float or (typing.get_origin(hint) is not None and float in typing.get_args(hint))
-    if floats and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    return value
+    return coerce(value, param_types(method)[param], f"methods.{method}.{param}")
 
 
 def parse_param_space(method: str, param: str, spec: Any) -> ParamSpace:
@@ -462,13 +453,13 @@ def check_registries(config: StudyConfig) -> None:
     for name, options in config.data.options.items():
         if name not in config.datasets:
             raise ValueError(f"data.options.{name}: {name!r} is not one of the study's datasets {config.datasets}")
-        defaults = data_registry.option_defaults(data_registry.DATASETS[name])
-        data_registry.check_options(f"data.options.{name}", defaults, dict(options or {}))
+        defaults = option_defaults(data_registry.DATASETS[name])
+        check_options(f"data.options.{name}", defaults, dict(options or {}))
     for name, options in config.model.options.items():
         if name not in config.archs:
             raise ValueError(f"model.options.{name}: {name!r} is not one of the study's archs {config.archs}")
-        defaults = {**data_registry.option_defaults(models.MODELS[name]), **models.COMMON_OPTIONS}
-        data_registry.check_options(f"model.options.{name}", defaults, dict(options or {}))
+        defaults = {**option_defaults(models.MODELS[name]), **models.COMMON_OPTIONS}
+        check_options(f"model.options.{name}", defaults, dict(options or {}))
     method_spaces(config)
     for method in config.methods:
         method_train(config, method)
