@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,14 +23,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 class EpochPrinter:
@@ -70,31 +64,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from study import data as data_registry
     from study import models
-    from study.method import MethodContext
     from study.methods import build_method, method_class
     from study.options import parse_assignments
-    from study.train import TrainConfig, fit, seed_everything
+    from study.settings import TrainConfig, choose_device
+    from study.train import fit, method_context, seed_everything
 
     method_params = parse_assignments(args.param, "--param")
     model_options = parse_assignments(args.model_option, "--model-option")
     data_options = parse_assignments(args.data_option, "--data-option")
     method_class(args.method)  # fail fast on a bad name, before loading data
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        optimizer=args.optimizer, reach_epochs=args.reach_epochs, target_error=args.target_error,
-        patience=args.patience, seed=args.seed, device=pick_device(args.device),
-    )
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{**settings, "device": choose_device(args.device)})
     seed_everything(args.seed)
     bundle = data_registry.load_dataset(
         args.dataset, root=args.data_root, val_fraction=args.val_fraction, seed=args.seed,
         download=args.download, **data_options,
     ).to(config.device)
     model = models.build_model(args.arch, bundle.input_shape, bundle.num_classes, model_options)
-    steps = math.ceil(len(bundle.train) / config.batch_size)
-    context = MethodContext(
-        train_size=len(bundle.train), num_classes=bundle.num_classes, epochs=config.epochs, steps_per_epoch=steps,
-    )
-    method = build_method(args.method, method_params, context)
+    method = build_method(args.method, method_params, method_context(bundle, config))
     if not args.quiet:
         console.print(
             f"[bold]{args.method}[/] on [bold]{args.dataset}[/] ({len(bundle.train)} train / {len(bundle.val)} val / "
@@ -125,10 +112,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.status == "finished" else 3
 
 
-def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from study.train import TrainConfig
+def add_train_settings(p: argparse.ArgumentParser) -> None:
+    """One flag per field of :class:`study.settings.TrainConfig`, with its default and help
+    (``--device`` defaults to ``auto``)."""
+    from study.settings import AUTO, DEVICE_HELP, TrainConfig
 
-    d = TrainConfig()
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kind = hints[f.name]
+        options: dict[str, Any] = {"default": f.default, "help": f.metadata["help"].replace("%", "%%")}
+        if f.name == "device":
+            options.update(default=AUTO, help=DEVICE_HELP)
+        if typing.get_origin(kind) is typing.Literal:
+            options["choices"] = typing.get_args(kind)
+        else:
+            options["type"] = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
+        p.add_argument("--" + f.name.replace("_", "-"), **options)
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from study.settings import VAL_FRACTION
+
     p = sub.add_parser(
         "train", help="train one model with one method and print its per-epoch trajectory",
         description="Train one model with one sparsification method through the two phases "
@@ -144,20 +148,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="architecture option, e.g. --model-option relu=true (lenet5)")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
                    help="data set option, e.g. --data-option shape=3x32x32 (synthetic)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs, both phases together")
-    p.add_argument("--reach-epochs", type=int, default=d.reach_epochs,
-                   help="length of phase 1 (reach performance) before thresholding starts")
-    p.add_argument("--target-error", type=float, default=d.target_error,
-                   help="validation error (%%) that ends phase 1 early; with --patience also stops phase 2")
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="stop after this many sparsify epochs with validation error above the target (0 = never)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate η")
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default=d.optimizer)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the training set held out for validation")
+    add_train_settings(p)
+    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+                   help="fraction of the training set held out for validation")
     p.add_argument("--data-root", default=os.environ.get("STUDY_DATA_ROOT"),
                    help="where data sets live (env STUDY_DATA_ROOT)")
     p.add_argument("--download", action="store_true", help="let torchvision download missing data sets")

@@ -24,21 +24,24 @@ lr: 1.0e-3}}``). It is not searched; no method parameter may be called ``train``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
 import math
 import re
+import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from study import runformat as rf
 from study.options import check_options, coerce, option_defaults
+from study.settings import AUTO, DEVICE_HELP, STUDY_AXES, VAL_FRACTION, TrainConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 TRAIN_KEY = "train"  # reserved in a method's entry: that method's train overrides
@@ -101,22 +104,26 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class TrainSettings(_Section):
-    """study.train.TrainConfig's fields, without the seed (a study axis); device may be auto."""
+def _train_settings() -> type[_Section]:
+    """The ``train`` block, derived from :class:`study.settings.TrainConfig` (the one
+    definition of the fields, defaults, bounds and help): without the seed, a study axis, and
+    with ``device: auto``."""
+    hints = typing.get_type_hints(TrainConfig)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in STUDY_AXES:
+            continue
+        default, description = (AUTO, DEVICE_HELP) if f.name == "device" else (f.default, f.metadata["help"])
+        fields[f.name] = (hints[f.name], Field(default, description=description, **f.metadata["bounds"]))
+    return create_model("TrainSettings", __base__=_Section, __module__=__name__, __doc__=_train_settings.__doc__,
+                        **fields)
 
-    epochs: int = Field(20, ge=1, description="maximum epochs, both phases together")
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.1, gt=0, description="learning rate η")
-    momentum: float = Field(0.0, ge=0, lt=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    reach_epochs: int = Field(10, ge=0, description="phase 1 (reach performance) length")
-    target_error: float | None = Field(None, ge=0, le=100, description="val error (%) that ends phase 1")
-    patience: int = Field(0, ge=0, description="stop after this many sparsify epochs above the target")
-    device: str = Field("auto", description="auto (GPU when Ray gives one), cpu, cuda")
+
+TrainSettings = _train_settings()
 
 
 class DataSettings(_Section):
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of the training set held out")
+    val_fraction: float = Field(VAL_FRACTION, ge=0, lt=1, description="fraction of the training set held out")
     root: str | None = Field(None, description="data root (default $STUDY_DATA_ROOT or ~/.cache/...)")
     download: bool = False
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per data set name")

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
 from study.cli import main
 from study.data import load_dataset
-from study.method import MethodContext
 from study.methods import build_method, method_names
 from study.models import build_model
-from study.train import TrainConfig, fit
+from study.settings import TrainConfig
+from study.train import fit, method_context
 
 
 def test_train_writes_history_and_layers(tmp_path, capsys) -> None:
@@ -89,8 +88,7 @@ def digits():
 def test_every_method_trains_on_both_lenets(method: str, arch: str, digits) -> None:
     config = TrainConfig(epochs=2, reach_epochs=1, batch_size=256, seed=0)
     model = build_model(arch, digits.input_shape, digits.num_classes)
-    context = MethodContext(len(digits.train), digits.num_classes, config.epochs, math.ceil(len(digits.train) / 256))
-    result = fit(model, build_method(method, {}, context), digits, config)
+    result = fit(model, build_method(method, {}, method_context(digits, config)), digits, config)
     assert result.status == "finished" and len(result.history) == 2
     assert result.history[-1]["compression"] >= 1.0
     assert 0 <= result.history[-1]["test_error"] <= 100

@@ -68,6 +68,22 @@ def test_mistakes_are_one_error_naming_the_field(raw: dict, message: str) -> Non
     assert "\n" not in str(info.value)
 
 
+def test_the_train_block_and_study_train_take_the_trainers_settings() -> None:
+    """One definition (study.settings.TrainConfig): the study's train block and `study train`'s
+    flags are derived from it, so their defaults cannot differ (only the seed, a study axis, is
+    missing from the block, and both default the device to auto)."""
+    import dataclasses
+
+    from study.config import TrainSettings
+    from study.settings import AUTO, TrainConfig
+
+    trainer = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert TrainSettings().model_dump() == {**{k: v for k, v in trainer.items() if k != "seed"}, "device": AUTO}
+    flags = vars(cli.build_parser().parse_args(["train"]))
+    assert {k: flags[k] for k in trainer} == {**trainer, "device": AUTO}
+    assert trainer["epochs"] == 20
+
+
 def test_yaml_reads_1e_minus_5_as_a_number() -> None:
     assert parse_yaml("a: 1e-5\nb: [1e-3, 2.5E+2]\nc: 1_000\nd: .5") == {"a": 1e-5, "b": [1e-3, 250.0], "c": 1000, "d": 0.5}
 
