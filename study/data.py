@@ -535,7 +535,6 @@ DATASETS: dict[str, Callable[..., DataBundle]] = {
     "imagenet": _load_imagenet,
     "synthetic": _load_synthetic,
 }
-DEFAULT_DATASET = "digits"
 
 
 def dataset_names() -> list[str]:
