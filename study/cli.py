@@ -174,13 +174,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _load_study(args: argparse.Namespace) -> Any:
-    from study.config import load_study
+    from study.schema import load_study
 
     return load_study(args.file, args.set or ())
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from study.config import describe_plan
+    from study.plan import describe_plan
 
     config = _load_study(args)
     print(f"{args.file}: valid study {config.name!r}" + (f" ({config.description})" if config.description else ""))
@@ -191,7 +191,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from study.config import describe_plan
+    from study.plan import describe_plan
     from study.runner import load_optuna_study, run_study
 
     config = _load_study(args)
@@ -228,7 +228,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = Path(target)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         # a study file: find its runs the way `study run` stored them
-        from study.config import load_study
+        from study.schema import load_study
 
         config = load_study(path, args.set or ())
         tracking_uri = tracking_uri or config.resolved_tracking_uri

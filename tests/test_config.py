@@ -7,10 +7,8 @@ from pathlib import Path
 import pytest
 
 from study import cli
-from study.config import (
-    TRAIN_KEY, apply_overrides, describe_plan, effective_train, grid_trials, load_study, parse_yaml, plan,
-    study_from_dict,
-)
+from study.plan import describe_plan, grid_trials, plan
+from study.schema import TRAIN_KEY, apply_overrides, load_study, parse_yaml, study_from_dict
 from study.methods import default_params, method_names
 from study.runformat import resolve_tracking_uri, sqlite_uri
 
@@ -74,7 +72,7 @@ def test_the_train_block_and_study_train_take_the_trainers_settings() -> None:
     missing from the block, and both default the device to auto)."""
     import dataclasses
 
-    from study.config import TrainSettings
+    from study.schema import TrainSettings
     from study.settings import AUTO, TrainConfig
 
     trainer = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -137,9 +135,9 @@ def test_a_method_train_block_overrides_the_global_one_for_that_method_only() ->
     assert all(t.params == {"warmup_epochs": 5.0} for t in vd)  # train is no method parameter
     assert all(t.train == {"optimizer": "adam", "lr": 1e-3, "epochs": 6} for t in vd)
     assert all(t.train == {} and t.as_dict()["train"] == {} for t in l1)
-    merged = effective_train(config, "sparse-vd")
+    merged = config.effective_train("sparse-vd")
     assert (merged.optimizer, merged.lr, merged.epochs, merged.momentum) == ("adam", 1e-3, 6, 0.5)
-    assert effective_train(config, "l1") == config.train
+    assert config.effective_train("l1") == config.train
     rows = {r.method: r for r in plan(config)}
     assert rows["sparse-vd"].space == "warmup_epochs=5.0; train: optimizer=adam, lr=0.001, epochs=6"
     assert "train" not in rows["l1"].space

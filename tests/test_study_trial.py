@@ -220,8 +220,9 @@ def test_seed_run_checkpoint_rejects_another_seed(trial_config: Any) -> None:
 def test_a_method_train_override_is_what_its_trial_uses_and_logs(tiny_study: Any, mlflow_uri: str) -> None:
     """``methods.<m>.train`` reaches that method's trials only: their TrainConfig and their
     ``train.*`` params (so the analysis, which groups runs by params, tells them apart)."""
-    from study.config import grid_trials
-    from study.runner import OptunaSpace, _study_constants
+    from study.plan import grid_trials
+    from study.runner import _study_constants
+    from study.search import OptunaSpace
 
     config = tiny_study(methods={"none": {}, "sparse-vd": {"warmup_epochs": 1, "train": {"optimizer": "adam",
                                                                                           "lr": 1e-3}}})
