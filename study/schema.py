@@ -11,7 +11,8 @@ A method's entry holds its parameters (the forms are in :mod:`study.plan`, which
 study into trials) and may also hold the reserved key ``train``: fixed values that override
 fields of the global ``train`` block for that method's trials only (``sparse-vd: {train:
 {optimizer: adam, lr: 1.0e-3}}``). It is not searched; no method parameter may be called
-``train``.
+``train``; and it may not set ``target_error``: every method is compared at the study's one
+target (``train.target_error``), which the report's selection uses.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from study.settings import AUTO, DEVICE_HELP, STUDY_AXES, VAL_FRACTION, TrainCon
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 TRAIN_KEY = "train"  # reserved in a method's entry: that method's train overrides
+#: Train fields a method may not override: every method is compared at the study's one target.
+STUDY_WIDE_TRAIN = ("target_error",)
 
 
 # -- YAML ------------------------------------------------------------------------------------
@@ -283,8 +286,11 @@ class StudyConfig(_Section):
             return {}
         if not isinstance(spec, dict):
             raise ValueError(f"{where}: expected a mapping of train field -> value, got {spec!r}")
-        valid = list(TrainSettings.model_fields)
+        valid = [name for name in TrainSettings.model_fields if name not in STUDY_WIDE_TRAIN]
         for key, value in spec.items():
+            if key in STUDY_WIDE_TRAIN:
+                raise ValueError(f"{where}.{key}: every method is compared at the study's one target, so set "
+                                 f"train.{key} for the whole study, not per method")
             if key not in valid:
                 raise ValueError(f"unknown field '{where}.{key}'; valid: {', '.join(valid)}")
             if isinstance(value, (list, tuple, dict)):

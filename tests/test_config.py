@@ -58,6 +58,8 @@ def test_empty_study_has_working_defaults(tmp_path: Path, monkeypatch: pytest.Mo
      "methods.l0.train.optimizer: Input should be 'sgd' or 'adam'"),
     ({"methods": {"l0": {"train": {"lr": 0}}}}, "methods.l0.train.lr: Input should be greater than 0"),
     ({"methods": {"l0": {"train": "adam"}}}, "methods.l0.train: expected a mapping"),
+    ({"methods": {"l0": {"train": {"target_error": 3.0}}}},
+     "methods.l0.train.target_error: every method is compared at the study's one target"),
 ])
 def test_mistakes_are_one_error_naming_the_field(raw: dict, message: str) -> None:
     with pytest.raises(ValueError) as info:
