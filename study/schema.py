@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from study import runformat as rf
 from study.options import check_options, option_defaults
 from study.plan import method_spaces
-from study.settings import AUTO, DEVICE_HELP, STUDY_AXES, VAL_FRACTION, TrainConfig
+from study.settings import ARCH, AUTO, DATASET, DEVICE_HELP, STUDY_AXES, VAL_FRACTION, TrainConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 TRAIN_KEY = "train"  # reserved in a method's entry: that method's train overrides
@@ -176,8 +176,8 @@ class ResourceSettings(_Section):
 class StudyConfig(_Section):
     name: str = Field("study", pattern=NAME_PATTERN)
     description: str = ""
-    datasets: list[str] = Field(default_factory=lambda: ["digits"], min_length=1)
-    archs: list[str] = Field(default_factory=lambda: ["lenet300"], min_length=1)
+    datasets: list[str] = Field(default_factory=lambda: [DATASET], min_length=1)
+    archs: list[str] = Field(default_factory=lambda: [ARCH], min_length=1)
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"none": {}, "sensitivity-unspec": {}, "sensitivity-spec": {}}, min_length=1
     )

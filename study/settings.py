@@ -1,5 +1,5 @@
 """The settings of one training run: the one definition of their names, defaults, bounds and
-help texts.
+help texts (and of the default data set and architecture).
 
 :class:`TrainConfig` is what the trainer (:func:`study.train.fit`) takes. The two other places
 that need these settings derive them from it, so that a default is written once:
@@ -33,6 +33,9 @@ DEVICE_HELP = ("auto (the GPU when the run has one: in a study, when Ray gives t
 STUDY_AXES: tuple[str, ...] = ("seed",)
 #: The part of the training set held out for validation (study files and `study train`).
 VAL_FRACTION = 0.1
+#: What `study train` and an empty study train on: the embedded digits with LeNet-300-100.
+DATASET = "digits"
+ARCH = "lenet300"
 
 _BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
 

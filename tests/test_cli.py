@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -76,6 +78,59 @@ def test_help_explains_every_option(capsys) -> None:
     out = capsys.readouterr().out
     for flag in ("--dataset", "--arch", "--method", "--param", "--epochs", "--data-root", "--json", "--seed"):
         assert flag in out
+
+
+def _help(argv: list[str], capsys, monkeypatch) -> str:
+    monkeypatch.setenv("COLUMNS", "250")  # one line per option
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_every_option_shows_its_default_and_every_command_ends_with_examples(capsys, monkeypatch) -> None:
+    out = _help(["train"], capsys, monkeypatch)
+    for line in ("--batch-size BATCH_SIZE      minibatch size (default: 32)",
+                 "--momentum MOMENTUM          SGD momentum (adam ignores it) (default: 0.0)",
+                 "--optimizer {sgd,adam}       optimizer: sgd or adam (default: sgd)",
+                 "--epochs EPOCHS              maximum epochs, both phases together (default: 20)",
+                 "--device DEVICE", "(default: auto)", "--target-error TARGET_ERROR", "(default: none)"):
+        assert line in out
+    assert "--seed SEED" in out and "CPU runs repeat exactly (default: 0)" in out
+    flags_without_value = ("-h, --help", "--download", "--quiet", "--resume", "--show")
+    for command in ([], ["train"], ["run"], ["validate"], ["list"]):
+        out = _help(command, capsys, monkeypatch)
+        options = out.split("options:")[1].split("examples:")[0]
+        for line in options.splitlines():
+            if line.startswith("  -") and not line.strip().startswith(flags_without_value):
+                assert "(default" in line, (command, line)
+        examples = out.split("examples:\n")[1].splitlines()
+        assert 2 <= len([e for e in examples if e.startswith("  study ")]) <= 3, command
+
+
+def test_help_imports_neither_torch_nor_the_heavy_libraries() -> None:
+    code = ("import sys, contextlib, io, study.cli\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    study.cli.main(['train', '--help'])\n"
+            "print(sorted(m for m in ('torch', 'pydantic', 'rich', 'ray', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_list_shows_one_section_with_parameters_and_defaults(capsys) -> None:
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "data sets" not in out and "architectures" not in out
+    assert "lam=0.001  threshold=0.03  output=logits (logits|softmax)" in out  # sensitivity's defaults
+    assert "(no parameters)" in out  # none
+    assert main(["list", "datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "digits               n_test=360" in out and "methods" not in out
+    assert main(["list", "archs"]) == 0
+    assert "lenet5               relu=False padding=auto" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["list", "models"])
+    assert "invalid choice: 'models'" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
