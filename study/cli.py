@@ -329,7 +329,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_study_parsers(sub: argparse._SubParsersAction) -> None:
     sets = {"action": "append", "metavar": "KEY=VALUE",
             "help": "override a study field, repeatable; dotted keys, YAML values, e.g. "
-                    "--set train.epochs=5 --set 'methods.l1.lam=[1e-4, 1e-3]'"}
+                    "--set train.epochs=5 --set 'methods.l1.lam=[1e-4, 1e-3]' (default: the file as written)"}
     p = sub.add_parser(
         "run", help="run a study: its trials on Ray Tune, logged to MLflow", formatter_class=_Help,
         description="Run every trial of a study on Ray Tune (in-process on every core, or on the cluster "
