@@ -1,30 +1,62 @@
-"""The `study` command: train one model, run or validate a study, report on finished runs."""
+"""The `study` command: train one model, run or validate a study, report on finished runs.
+
+Building the parser imports nothing heavy (no torch, pydantic or rich): each command imports
+what it needs when it runs, so ``study --help`` answers at once. One module for the one concept
+"the command line" (a little over 400 lines): each command's handler sits next to its parser,
+and the work itself lives in the modules they call.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import math
-import os
 import sys
+import textwrap
 import time
+import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from rich.console import Console
-from rich.table import Table
 
-console = Console(stderr=True)
+@functools.cache
+def _rich_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
-def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, str]:
-    """``["lam=1e-3", "threshold=0.01"]`` → ``{"lam": "1e-3", "threshold": "0.01"}``."""
-    out: dict[str, str] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = value.strip()
-    return out
+class _LazyConsole:
+    """rich's stderr console, imported on first use."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_rich_console(), name)
+
+
+console = _LazyConsole()
+
+
+class _Help(argparse.HelpFormatter):
+    """Shows each option's default (none for flags and repeatable options); wraps each line of
+    a description on its own and leaves indented lines (the examples) as they are."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(line if line.startswith("  ") or not line.strip()
+                         else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+                         for line in text.splitlines())
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._AppendAction)):
+            return text
+        return text + (" (default: none)" if action.default is None else " (default: %(default)s)")
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _finite(value: Any) -> Any:
@@ -32,14 +64,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 class EpochPrinter:
@@ -64,7 +88,9 @@ class EpochPrinter:
         )
 
 
-def layer_table(layers: list[dict[str, Any]]) -> Table:
+def layer_table(layers: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
     table = Table(title="final per-layer sparsity")
     for col in ("layer", "weights", "nonzero", "remaining %", "biases", "nonzero biases"):
         table.add_column(col, justify="right")
@@ -81,30 +107,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from study import data as data_registry
     from study import models
-    from study.method import MethodContext
     from study.methods import build_method, method_class
-    from study.train import TrainConfig, fit, seed_everything
+    from study.options import parse_assignments
+    from study.settings import TrainConfig, choose_device
+    from study.train import fit, method_context, seed_everything
 
     method_params = parse_assignments(args.param, "--param")
     model_options = parse_assignments(args.model_option, "--model-option")
     data_options = parse_assignments(args.data_option, "--data-option")
     method_class(args.method)  # fail fast on a bad name, before loading data
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        optimizer=args.optimizer, reach_epochs=args.reach_epochs, target_error=args.target_error,
-        patience=args.patience, seed=args.seed, device=pick_device(args.device),
-    )
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{**settings, "device": choose_device(args.device)})
     seed_everything(args.seed)
     bundle = data_registry.load_dataset(
         args.dataset, root=args.data_root, val_fraction=args.val_fraction, seed=args.seed,
         download=args.download, **data_options,
     ).to(config.device)
     model = models.build_model(args.arch, bundle.input_shape, bundle.num_classes, model_options)
-    steps = math.ceil(len(bundle.train) / config.batch_size)
-    context = MethodContext(
-        train_size=len(bundle.train), num_classes=bundle.num_classes, epochs=config.epochs, steps_per_epoch=steps,
-    )
-    method = build_method(args.method, method_params, context)
+    method = build_method(args.method, method_params, method_context(bundle, config))
     if not args.quiet:
         console.print(
             f"[bold]{args.method}[/] on [bold]{args.dataset}[/] ({len(bundle.train)} train / {len(bundle.val)} val / "
@@ -135,41 +155,57 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.status == "finished" else 3
 
 
-def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from study.train import TrainConfig
+def add_train_settings(p: argparse.ArgumentParser) -> None:
+    """One flag per field of :class:`study.settings.TrainConfig`, with its default and help
+    (``--device`` defaults to ``auto``)."""
+    from study.settings import AUTO, DEVICE_HELP, TrainConfig
 
-    d = TrainConfig()
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kind = hints[f.name]
+        options: dict[str, Any] = {"default": f.default, "help": f.metadata["help"].replace("%", "%%")}
+        if f.name == "device":
+            options.update(default=AUTO, help=DEVICE_HELP)
+        if typing.get_origin(kind) is typing.Literal:
+            options["choices"] = typing.get_args(kind)
+        else:
+            options["type"] = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
+        p.add_argument("--" + f.name.replace("_", "-"), **options)
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from study.settings import ARCH, DATASET, VAL_FRACTION
+
     p = sub.add_parser(
         "train", help="train one model with one method and print its per-epoch trajectory",
         description="Train one model with one sparsification method through the two phases "
-        "(reach performance, then sparsify) and print one row per epoch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "(reach performance, then sparsify) and print one row per epoch.\n"
+        "Exit status: 0 finished, 3 diverged, 2 bad input.",
+        formatter_class=_Help,
+        epilog=_examples(
+            "study train --method sensitivity-spec --param lam=1e-3 --param threshold=2e-2",
+            "study train --method sparse-vd --optimizer adam --lr 1e-3 --epochs 200 --json vd.json",
+            "study train --dataset mnist10k --data-root ../shared/data/mnist-t10k --arch lenet5 --device cuda",
+        ),
     )
-    p.add_argument("--dataset", default="digits", help="data set name (see `study list`)")
-    p.add_argument("--arch", default="lenet300", help="architecture name (see `study list`)")
-    p.add_argument("--method", default="sensitivity-unspec", help="sparsification method (see `study list`)")
+    p.add_argument("--dataset", default=DATASET, help="data set name (see `study list datasets`)")
+    p.add_argument("--arch", default=ARCH, help="architecture name (see `study list archs`)")
+    p.add_argument("--method", default="sensitivity-unspec",
+                   help="sparsification method (see `study list methods`)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
-                   help="method hyperparameter, repeatable, e.g. --param lam=1e-3 --param threshold=1e-2")
+                   help="method hyperparameter, repeatable, e.g. --param lam=1e-3 --param threshold=1e-2 "
+                   "(default: the method's defaults, see `study list methods`)")
     p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
-                   help="architecture option, e.g. --model-option relu=true (lenet5)")
+                   help="architecture option, repeatable, e.g. --model-option relu=true (lenet5) "
+                   "(default: the architecture's defaults, see `study list archs`)")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE",
-                   help="data set option, e.g. --data-option shape=3x32x32 (synthetic)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs, both phases together")
-    p.add_argument("--reach-epochs", type=int, default=d.reach_epochs,
-                   help="length of phase 1 (reach performance) before thresholding starts")
-    p.add_argument("--target-error", type=float, default=d.target_error,
-                   help="validation error (%%) that ends phase 1 early; with --patience also stops phase 2")
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="stop after this many sparsify epochs with validation error above the target (0 = never)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate η")
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default=d.optimizer)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the training set held out for validation")
-    p.add_argument("--data-root", default=os.environ.get("STUDY_DATA_ROOT"),
-                   help="where data sets live (env STUDY_DATA_ROOT)")
+                   help="data set option, repeatable, e.g. --data-option shape=3x32x32 (synthetic) "
+                   "(default: the data set's defaults, see `study list datasets`)")
+    add_train_settings(p)
+    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+                   help="fraction of the training set held out for validation")
+    p.add_argument("--data-root", default=None,
+                   help="where data sets live (default: $STUDY_DATA_ROOT, else ~/.cache/sensitivity-study/data)")
     p.add_argument("--download", action="store_true", help="let torchvision download missing data sets")
     p.add_argument("--json", metavar="FILE", help="write the per-epoch history and final per-layer table here")
     p.add_argument("--save", metavar="FILE", help="save the final model state_dict here")
@@ -177,27 +213,61 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from study.data import dataset_names
-    from study.methods import METHODS
-    from study.models import model_names
+LIST_SECTIONS = ("datasets", "archs", "methods")
 
-    print("data sets:     " + ", ".join(dataset_names()))
-    print("architectures: " + ", ".join(model_names()))
-    print("methods:")
-    for name, cls in METHODS.items():
-        print(f"  {name:<20} {cls.citation}")
+
+def _show(value: Any) -> str:
+    """A default as one would type it on the command line."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value) or "''"
+
+
+def _options(defaults: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_show(v)}" for k, v in defaults.items()) or "(no options)"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from study.options import option_defaults
+
+    sections = [args.section] if args.section else list(LIST_SECTIONS)
+    if "datasets" in sections:
+        from study.data import DATASETS
+
+        print("data sets (options with their defaults; --data-option KEY=VALUE):")
+        for name, loader in DATASETS.items():
+            print(f"  {name:<20} {_options(option_defaults(loader))}")
+    if "archs" in sections:
+        from study.models import COMMON_OPTIONS, MODELS
+
+        print(f"architectures (options with their defaults; --model-option KEY=VALUE; all also take "
+              f"{_options(COMMON_OPTIONS)}, a saved state_dict file to start from):")
+        for name, builder in MODELS.items():
+            print(f"  {name:<20} {_options(option_defaults(builder))}")
+    if "methods" in sections:
+        from study.methods import METHODS, default_params, param_types
+
+        print("methods (parameters with their defaults; --param KEY=VALUE):")
+        for name, cls in METHODS.items():
+            print(f"  {name:<20} {cls.citation}")
+            types = param_types(name)
+            params = [f"{k}={_show(v)}" + (f" ({'|'.join(typing.get_args(types[k]))})"
+                                           if typing.get_origin(types[k]) is typing.Literal else "")
+                      for k, v in default_params(name).items()]
+            print(f"  {'':<20} " + ("  ".join(params) or "(no parameters)"))
     return 0
 
 
 def _load_study(args: argparse.Namespace) -> Any:
-    from study.config import load_study
+    from study.schema import load_study
 
     return load_study(args.file, args.set or ())
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from study.config import describe_plan
+    from study.plan import describe_plan
 
     config = _load_study(args)
     print(f"{args.file}: valid study {config.name!r}" + (f" ({config.description})" if config.description else ""))
@@ -208,7 +278,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from study.config import describe_plan
+    from study.plan import describe_plan
     from study.runner import load_optuna_study, run_study
 
     config = _load_study(args)
@@ -248,7 +318,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from analysis.runs import list_experiments, load_runs
     from analysis.sections import slug
     from study import runformat as rf
-    from study.config import load_study, study_from_dict
+    from study.schema import load_study, study_from_dict
 
     path = Path(args.target)
     if args.set and not path.is_file():
@@ -285,25 +355,35 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_study_parsers(sub: argparse._SubParsersAction) -> None:
     sets = {"action": "append", "metavar": "KEY=VALUE",
             "help": "override a study field, repeatable; dotted keys, YAML values, e.g. "
-                    "--set train.epochs=5 --set 'methods.l1.lam=[1e-4, 1e-3]'"}
+                    "--set train.epochs=5 --set 'methods.l1.lam=[1e-4, 1e-3]' (default: the file as written)"}
     p = sub.add_parser(
-        "run", help="run a study: its trials on Ray Tune, logged to MLflow",
+        "run", help="run a study: its trials on Ray Tune, logged to MLflow", formatter_class=_Help,
         description="Run every trial of a study on Ray Tune (in-process on every core, or on the cluster "
-        "at --address / $RAY_ADDRESS) and log each trial to MLflow as a child of the study's parent run.",
+        "at --address / $RAY_ADDRESS) and log each trial to MLflow as a child of the study's parent run.\n"
+        "Exit status: 0 every trial finished or diverged, 1 a trial failed, 2 bad input, 130 interrupted.",
+        epilog=_examples(
+            "study run configs/quickstart.yaml",
+            "study run configs/quickstart.yaml --set train.epochs=5 --set 'seeds=[0, 1, 2]'",
+            "study run configs/quickstart.yaml --resume      # continue an interrupted run",
+        ),
     )
     p.add_argument("file", help="study YAML file")
     p.add_argument("--set", **sets)
     p.add_argument("--address", default=None,
-                   help="join this Ray cluster (e.g. 10.0.0.1:6379, started with `ray start --head`); "
-                   "default $RAY_ADDRESS, else start Ray in-process")
+                   help="join this Ray cluster (e.g. 10.0.0.1:6379, started with `ray start --head`) "
+                   "(default: $RAY_ADDRESS, else start Ray in-process)")
     p.add_argument("--resume", action="store_true",
                    help="continue the study's last interrupted run (Tuner.restore) instead of starting a new one")
     p.add_argument("--quiet", action="store_true", help="do not print the plan first")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check a study file and print the expanded plan",
+    p = sub.add_parser("validate", help="check a study file and print the expanded plan", formatter_class=_Help,
                        description="Validate a study file (names, parameters, options) and print how many "
-                       "trials of which method it would run.")
+                       "trials of which method it would run.",
+                       epilog=_examples(
+                           "study validate configs/quickstart.yaml",
+                           "study validate configs/quickstart.yaml --set 'methods.l1.lam=[1e-5, 1e-4]' --show",
+                       ))
     p.add_argument("file", help="study YAML file")
     p.add_argument("--set", **sets)
     p.add_argument("--show", action="store_true", help="also print the full study with every default filled in")
@@ -325,14 +405,25 @@ def add_study_parsers(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="study",
+        prog="study", formatter_class=_Help,
         description="Hyperparameter studies of sensitivity-driven sparsification (Tartaglione et al., "
         "NeurIPS 2018) against baseline sparsifiers, on Ray Tune with MLflow tracking.",
+        epilog=_examples(
+            "study train --method sensitivity-spec --epochs 20      # one run, one row per epoch",
+            "study run configs/quickstart.yaml                      # a study on Ray Tune",
+            "study report configs/quickstart.yaml                   # its tables and figures",
+        ) + "\n\n`study COMMAND --help` lists a command's options.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(sub)
     add_study_parsers(sub)
-    sub.add_parser("list", help="list the registered data sets, architectures and methods").set_defaults(func=cmd_list)
+    p = sub.add_parser("list", help="list the registered data sets, architectures and methods, with their options",
+                       formatter_class=_Help,
+                       description="List the registered data sets and architectures with their options, and the "
+                       "methods with their citation and parameters, each with its default.",
+                       epilog=_examples("study list", "study list methods"))
+    p.add_argument("section", nargs="?", choices=LIST_SECTIONS, help="only this section (default: all)")
+    p.set_defaults(func=cmd_list)
     return parser
 
 

@@ -21,7 +21,6 @@ Missing files raise :class:`DataNotFoundError`, files that are there but unreada
 """
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -48,6 +47,7 @@ from study.datafiles import (  # re-exported: the data API is study.data
     read_idx_images_labels,
     torchvision_dataset,
 )
+from study.options import check_options, option_defaults
 
 DEFAULT_ROOT = Path("~/.cache/sensitivity-study/data")
 ROOT_ENV = "STUDY_DATA_ROOT"
@@ -437,7 +437,6 @@ DATASETS: dict[str, Callable[..., DataBundle]] = {
     "imagenet": _load_imagenet,
     "synthetic": _load_synthetic,
 }
-DEFAULT_DATASET = "digits"
 
 
 def dataset_names() -> list[str]:
@@ -448,59 +447,6 @@ def data_root(root: str | Path | None = None) -> Path:
     """``root``, else ``$STUDY_DATA_ROOT``, else ``~/.cache/sensitivity-study/data``."""
     chosen = root if root is not None else os.environ.get(ROOT_ENV) or DEFAULT_ROOT
     return Path(chosen).expanduser()
-
-
-# -- options (shared with study.models) ---------------------------------------------------
-
-
-def option_defaults(func: Callable[..., Any]) -> dict[str, Any]:
-    """The keyword-only parameters of ``func`` and their defaults: its options."""
-    return {
-        p.name: p.default
-        for p in inspect.signature(func).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-
-
-def _coerce(what: str, key: str, value: Any, default: Any) -> Any:
-    """Strings from the command line (``--set``) become the default's type."""
-    if not isinstance(value, str) or default is None or isinstance(default, str):
-        return value
-    try:
-        if isinstance(default, bool):
-            lowered = value.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, (int, float)):
-            return type(default)(value)
-        if isinstance(default, tuple):
-            return tuple(int(s) for s in value.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise ValueError(
-            f"{what}: option {key}={value!r} is not a valid {type(default).__name__}"
-        ) from None
-    return value
-
-
-def check_options(what: str, defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    """Reject unknown option names (listing the valid ones) and coerce string values to the
-    type of each option's default."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        valid = ", ".join(sorted(defaults)) or "none"
-        raise ValueError(f"{what}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
-    return {k: _coerce(what, k, v, defaults[k]) for k, v in options.items()}
-
-
-def _checked(name: str, options: dict[str, Any]) -> tuple[Callable[..., DataBundle], dict]:
-    """The loader of ``name`` and its checked options; unknown names/options -> ValueError."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(dataset_names())}")
-    loader = DATASETS[name]
-    return loader, check_options(f"dataset {name!r}", option_defaults(loader), options)
 
 
 def load_dataset(

@@ -14,7 +14,6 @@ This module imports nothing of any concrete method.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -24,7 +23,6 @@ from torch import Tensor, nn
 from study import sparsity
 
 Phase = Literal["reach", "sparsify"]
-PHASES: tuple[Phase, ...] = ("reach", "sparsify")
 
 
 @dataclass(frozen=True)
@@ -114,6 +112,3 @@ def check_fields(obj: object, checks: dict[str, bool], prefix: str = "invalid ",
         if not ok:
             raise ValueError(f"{prefix}{name}={getattr(obj, name)!r}{suffix}")
 
-
-def param_fields(params_cls: type[MethodParams]) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(params_cls)}

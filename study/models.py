@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from study.data import check_options, option_defaults
+from study.options import check_options, option_defaults
 
 COMMON_OPTIONS: dict[str, Any] = {"pretrained": None}
 

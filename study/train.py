@@ -6,11 +6,13 @@ prunes at the end of every epoch; training stops at ``epochs`` or, with ``patien
 the validation error has stayed above the target for that many epochs.
 
 The loop only calls the hooks of :class:`study.method.Method`; it knows nothing of any
-method's internals. Every epoch yields one record of the DESIGN.md metrics.
+method's internals. Every epoch yields one record of the DESIGN.md metrics. The loop's settings
+are :class:`study.settings.TrainConfig` (the one definition, imported here for the loop's callers).
 """
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,9 +25,8 @@ from torch import Tensor, nn
 
 from study import runformat as rf
 from study import sparsity
-from study.method import Method, Phase, check_fields
-
-OPTIMIZERS = ("sgd", "adam")
+from study.method import Method, MethodContext, Phase
+from study.settings import TrainConfig
 
 
 class Split(Protocol):
@@ -40,37 +41,7 @@ class Data(Protocol):
     train: Split
     val: Split
     test: Split
-
-
-@dataclass
-class TrainConfig:
-    """Training settings shared by every method."""
-
-    epochs: int = 200
-    batch_size: int = 32
-    lr: float = 0.1
-    momentum: float = 0.0
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    reach_epochs: int = 10
-    target_error: float | None = None
-    patience: int = 0
-    seed: int = 0
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "momentum": 0 <= self.momentum < 1,
-            "reach_epochs": self.reach_epochs >= 0,
-            "patience": self.patience >= 0,
-        }
-        check_fields(self, checks, prefix="invalid train setting ")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        if self.target_error is not None and not 0 <= self.target_error <= 100:
-            raise ValueError(f"target_error is a percentage in [0, 100], got {self.target_error}")
+    num_classes: int
 
 
 @dataclass
@@ -90,6 +61,15 @@ class _State:
     phase: Phase = "reach"
     epochs_above_target: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def method_context(data: Data, config: TrainConfig) -> MethodContext:
+    """What a method learns about its run (:class:`study.method.MethodContext`): the training
+    set's size and classes, the epochs and the steps per epoch."""
+    return MethodContext(
+        train_size=len(data.train), num_classes=data.num_classes, epochs=config.epochs,
+        steps_per_epoch=math.ceil(len(data.train) / config.batch_size),
+    )
 
 
 def seed_everything(seed: int) -> None:

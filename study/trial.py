@@ -30,7 +30,6 @@ trials down so that a test can interrupt a study in the middle.
 """
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import fields, replace
@@ -41,14 +40,15 @@ import torch
 
 from study import data as data_registry
 from study import models
-from study.method import MethodContext
 from study.methods import build_method, make_params
 from study import runformat as rf
+from study.settings import AUTO, STUDY_AXES, TrainConfig, choose_device
 from study.tracking import Tracker, table_csv
-from study.train import TrainConfig, fit, seed_everything
+from study.train import fit, method_context, seed_everything
 
 CHECKPOINT_FILE = "trial.pt"
-TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("seed", "device"))
+#: The train settings a study gives its trials (the seed is the trial's own).
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in STUDY_AXES)
 
 
 class TrialError(RuntimeError):
@@ -103,14 +103,6 @@ def run_trial(config: dict[str, Any]) -> None:
     Trial(config, TuneSession()).run()
 
 
-def choose_device(setting: str, gpu_ids: list[Any]) -> str:
-    """``auto``: the GPU when Ray gave the trial one (a trial with num_gpus=0 still sees the
-    node's GPUs, so torch.cuda.is_available() alone is not enough), else the CPU."""
-    if setting == "auto":
-        return "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
-    return setting
-
-
 class _Capture:
     """The fit callback of one epoch step: keeps the record and the checkpoint."""
 
@@ -135,11 +127,8 @@ class SeedRun:
             trial.dataset, root=data_settings.get("root"), val_fraction=data_settings["val_fraction"],
             seed=seed, download=data_settings.get("download", False), **trial.data_options,
         ).to(device)
-        self.config = TrainConfig(**{k: trial.train[k] for k in TRAIN_FIELDS}, seed=seed, device=device)
-        self.context = MethodContext(
-            train_size=len(self.data.train), num_classes=self.data.num_classes, epochs=self.config.epochs,
-            steps_per_epoch=math.ceil(len(self.data.train) / self.config.batch_size),
-        )
+        self.config = TrainConfig(**{**{k: trial.train[k] for k in TRAIN_FIELDS}, "seed": seed, "device": device})
+        self.context = method_context(self.data, self.config)
         self.state: dict[str, Any] | None = None  # fit's checkpoint after the last epoch
         self.record: dict[str, Any] | None = None  # the last epoch's record
         self.layers: list[dict[str, Any]] = []
@@ -194,7 +183,7 @@ class SeedRun:
         params = rf.trial_params(
             method=trial.method, arch=trial.arch, dataset=trial.dataset, seed=self.seed,
             method_params=vars(make_params(trial.method, trial.params)),
-            train={k: trial.train[k] for k in (*TRAIN_FIELDS, "device")},
+            train={k: trial.train[k] for k in TRAIN_FIELDS},
             data={"val_fraction": trial.study["data"]["val_fraction"], **trial.data_options},
             model=trial.model_options,
         )
@@ -283,7 +272,7 @@ class Trial:
         self.hooks: dict[str, Any] = dict(self.study.get("hooks") or {})
 
     def run(self) -> None:
-        device = choose_device(self.train.get("device", "auto"), self.session.gpu_ids())
+        device = choose_device(self.train.get("device", AUTO), self.session.gpu_ids())
         torch.set_num_threads(max(1, int(self.study.get("cpus_per_trial", 1))))
         saved = self.session.load_checkpoint()
         seeds: list[SeedRun] = []

@@ -41,7 +41,7 @@ def ray_session() -> Any:
 def tiny_study(tmp_path: Path, mlflow_uri: str) -> Callable[..., Any]:
     """``tiny_study(name, **fields)`` -> a validated StudyConfig: digits, LeNet-300, 2 epochs,
     output in tmp_path, tracking in the shared store (experiment = a unique name)."""
-    from study.config import study_from_dict
+    from study.schema import study_from_dict
 
     def make(name: str = "tiny", **fields: Any) -> Any:
         raw: dict[str, Any] = {
@@ -69,7 +69,7 @@ def tiny_study(tmp_path: Path, mlflow_uri: str) -> Callable[..., Any]:
 def trial_config(tiny_study: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
     """``trial_config(method, params, seeds, tracking=None, hooks=None, **study_fields)`` ->
     the config a Tune trial receives, built the way study.runner builds it."""
-    from study.config import TrialSpec
+    from study.plan import TrialSpec
     from study.runner import _study_constants
 
     def make(method: str = "none", params: dict | None = None, seeds: list[int] | None = None, *,

@@ -3,7 +3,7 @@ tests. No training: the numbers are made up.
 
 It writes through the writer's own code, so that it cannot drift from the run format: the
 names of :mod:`study.runformat` (tags, statuses, params, metrics, artifacts), the retrying
-:class:`study.tracking.Tracker`, the validated study (``study.config.study_from_dict``) as
+:class:`study.tracking.Tracker`, the validated study (``study.schema.study_from_dict``) as
 the parent's ``study.yaml``, and each method's params as ``study.methods.make_params`` fills
 them in. The layout: one parent run (still running), one child run per trial and seed, one
 metric batch per epoch with step = epoch, ``layers.csv`` and ``history.csv`` for the trials
@@ -21,7 +21,7 @@ from collections import defaultdict
 from typing import Any
 
 from study import runformat as rf
-from study.config import study_from_dict
+from study.schema import study_from_dict
 from study.methods import make_params
 from study.tracking import Tracker, table_csv
 

@@ -324,7 +324,7 @@ def test_a_report_pulls_in_no_training_side(study, tmp_path):
     _, uri, _ = study
     code = ("import sys; from analysis.runs import load_runs; from analysis.report import make_report; "
             f"make_report(load_runs({uri!r}, 'tiny'), {str(tmp_path)!r}, log_artifacts=False); "
-            "print(sorted(m for m in ('torch', 'ray', 'study.train', 'study.config') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'ray', 'study.train', 'study.schema') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"

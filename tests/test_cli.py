@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import json
-import math
+import re
+import subprocess
+import sys
 
 import pytest
 
 from study.cli import main
 from study.data import load_dataset
-from study.method import MethodContext
 from study.methods import build_method, method_names
 from study.models import build_model
-from study.train import TrainConfig, fit
+from study.settings import TrainConfig
+from study.train import fit, method_context
 
 
 def test_train_writes_history_and_layers(tmp_path, capsys) -> None:
@@ -79,6 +81,59 @@ def test_help_explains_every_option(capsys) -> None:
         assert flag in out
 
 
+def _help(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_every_option_shows_its_default_and_every_command_ends_with_examples(capsys) -> None:
+    flat = " ".join(_help(["train"], capsys).split())
+    for text in ("--batch-size BATCH_SIZE minibatch size (default: 32)",
+                 "--momentum MOMENTUM SGD momentum (adam ignores it) (default: 0.0)",
+                 "--optimizer {sgd,adam} optimizer: sgd or adam (default: sgd)",
+                 "--epochs EPOCHS maximum epochs, both phases together (default: 20)",
+                 "CPU runs repeat exactly (default: 0)", "cuda:N (default: auto)",
+                 "stops phase 2 (default: none)"):
+        assert text in flat
+    flags_without_value = ("-h, --help", "--download", "--quiet", "--resume", "--show")
+    for command in ([], ["train"], ["run"], ["validate"], ["list"]):
+        out = _help(command, capsys)
+        options = out.split("\noptions:\n")[1].split("\nexamples:\n")[0]
+        for entry in re.split(r"\n(?=  -)", options):
+            entry = " ".join(entry.split())
+            if not entry.startswith(flags_without_value):
+                assert "(default" in entry, (command, entry)
+        examples = out.split("\nexamples:\n")[1].splitlines()
+        assert 2 <= len([e for e in examples if e.startswith("  study ")]) <= 3, command
+
+
+def test_help_imports_neither_torch_nor_the_heavy_libraries() -> None:
+    code = ("import sys, contextlib, io, study.cli\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    study.cli.main(['train', '--help'])\n"
+            "print(sorted(m for m in ('torch', 'pydantic', 'rich', 'ray', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_list_shows_one_section_with_parameters_and_defaults(capsys) -> None:
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "data sets" not in out and "architectures" not in out
+    assert "lam=0.001  threshold=0.03  output=logits (logits|softmax)" in out  # sensitivity's defaults
+    assert "(no parameters)" in out  # none
+    assert main(["list", "datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "digits               n_test=360" in out and "methods" not in out
+    assert main(["list", "archs"]) == 0
+    assert "lenet5               relu=False padding=auto" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["list", "models"])
+    assert "invalid choice: 'models'" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
@@ -89,8 +144,7 @@ def digits():
 def test_every_method_trains_on_both_lenets(method: str, arch: str, digits) -> None:
     config = TrainConfig(epochs=2, reach_epochs=1, batch_size=256, seed=0)
     model = build_model(arch, digits.input_shape, digits.num_classes)
-    context = MethodContext(len(digits.train), digits.num_classes, config.epochs, math.ceil(len(digits.train) / 256))
-    result = fit(model, build_method(method, {}, context), digits, config)
+    result = fit(model, build_method(method, {}, method_context(digits, config)), digits, config)
     assert result.status == "finished" and len(result.history) == 2
     assert result.history[-1]["compression"] >= 1.0
     assert 0 <= result.history[-1]["test_error"] <= 100

@@ -7,10 +7,8 @@ from pathlib import Path
 import pytest
 
 from study import cli
-from study.config import (
-    TRAIN_KEY, apply_overrides, describe_plan, effective_train, grid_trials, load_study, parse_yaml, plan,
-    study_from_dict,
-)
+from study.plan import describe_plan, grid_trials, plan
+from study.schema import TRAIN_KEY, apply_overrides, load_study, parse_yaml, study_from_dict
 from study.methods import default_params, method_names
 from study.runformat import resolve_tracking_uri, sqlite_uri
 
@@ -60,12 +58,30 @@ def test_empty_study_has_working_defaults(tmp_path: Path, monkeypatch: pytest.Mo
      "methods.l0.train.optimizer: Input should be 'sgd' or 'adam'"),
     ({"methods": {"l0": {"train": {"lr": 0}}}}, "methods.l0.train.lr: Input should be greater than 0"),
     ({"methods": {"l0": {"train": "adam"}}}, "methods.l0.train: expected a mapping"),
+    ({"methods": {"l0": {"train": {"target_error": 3.0}}}},
+     "methods.l0.train.target_error: every method is compared at the study's one target"),
 ])
 def test_mistakes_are_one_error_naming_the_field(raw: dict, message: str) -> None:
     with pytest.raises(ValueError) as info:
         study_from_dict(raw)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_the_train_block_and_study_train_take_the_trainers_settings() -> None:
+    """One definition (study.settings.TrainConfig): the study's train block and `study train`'s
+    flags are derived from it, so their defaults cannot differ (only the seed, a study axis, is
+    missing from the block, and both default the device to auto)."""
+    import dataclasses
+
+    from study.schema import TrainSettings
+    from study.settings import AUTO, TrainConfig
+
+    trainer = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert TrainSettings().model_dump() == {**{k: v for k, v in trainer.items() if k != "seed"}, "device": AUTO}
+    flags = vars(cli.build_parser().parse_args(["train"]))
+    assert {k: flags[k] for k in trainer} == {**trainer, "device": AUTO}
+    assert trainer["epochs"] == 20
 
 
 def test_yaml_reads_1e_minus_5_as_a_number() -> None:
@@ -121,9 +137,9 @@ def test_a_method_train_block_overrides_the_global_one_for_that_method_only() ->
     assert all(t.params == {"warmup_epochs": 5.0} for t in vd)  # train is no method parameter
     assert all(t.train == {"optimizer": "adam", "lr": 1e-3, "epochs": 6} for t in vd)
     assert all(t.train == {} and t.as_dict()["train"] == {} for t in l1)
-    merged = effective_train(config, "sparse-vd")
+    merged = config.effective_train("sparse-vd")
     assert (merged.optimizer, merged.lr, merged.epochs, merged.momentum) == ("adam", 1e-3, 6, 0.5)
-    assert effective_train(config, "l1") == config.train
+    assert config.effective_train("l1") == config.train
     rows = {r.method: r for r in plan(config)}
     assert rows["sparse-vd"].space == "warmup_epochs=5.0; train: optimizer=adam, lr=0.001, epochs=6"
     assert "train" not in rows["l1"].space

@@ -9,7 +9,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study.runner import OptunaSpace, StudyOptunaSearch, load_optuna_study, make_searcher, run_study
+from study.runner import load_optuna_study, run_study
+from study.search import OptunaSpace, StudyOptunaSearch, make_searcher
 from study.tracking import Tracker
 
 OBJECTIVES = [{"metric": "val_error", "mode": "min"}, {"metric": "compression", "mode": "max"}]

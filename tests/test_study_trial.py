@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 from typing import Any
 
 import pytest
@@ -15,11 +14,11 @@ import torch
 
 from study import data as data_registry
 from study import models
-from study.method import MethodContext
 from study.methods import METHODS, build_method
+from study.settings import TrainConfig, choose_device
 from study.tracking import Tracker
-from study.train import TrainConfig, fit, seed_everything
-from study.trial import SeedRun, Trial, TrialError, choose_device
+from study.train import fit, method_context, seed_everything
+from study.trial import SeedRun, Trial, TrialError
 
 
 class FakeSession:
@@ -66,8 +65,7 @@ def test_epoch_stepping_equals_one_continuous_run(method: str) -> None:
     registered method that must be the continuous run (it checks each method's state_dict)."""
     bundle = data_registry.load_dataset("synthetic", seed=0, shape="1x8x8", n_train=400, n_test=100)
     config = TrainConfig(epochs=3, reach_epochs=1, batch_size=64, lr=0.1, seed=5)
-    context = MethodContext(len(bundle.train), bundle.num_classes, config.epochs,
-                            math.ceil(len(bundle.train) / config.batch_size))
+    context = method_context(bundle, config)
 
     def build() -> tuple[Any, Any]:
         seed_everything(config.seed)
@@ -199,7 +197,7 @@ def test_patience_stop_matches_the_continuous_run(trial_config: Any) -> None:
     seed_everything(0)
     model = models.build_model("lenet300", bundle.input_shape, bundle.num_classes)
     train = TrainConfig(epochs=8, reach_epochs=1, target_error=0.0, patience=2, batch_size=128, lr=0.1, seed=0)
-    context = MethodContext(len(bundle.train), 10, 8, math.ceil(len(bundle.train) / 128))
+    context = method_context(bundle, train)
     history = fit(model, build_method("none", {}, context), bundle, train).history
     assert len(session.reports) == len(history) < 8
     assert session.reports[-1]["final"] is True
@@ -222,8 +220,9 @@ def test_seed_run_checkpoint_rejects_another_seed(trial_config: Any) -> None:
 def test_a_method_train_override_is_what_its_trial_uses_and_logs(tiny_study: Any, mlflow_uri: str) -> None:
     """``methods.<m>.train`` reaches that method's trials only: their TrainConfig and their
     ``train.*`` params (so the analysis, which groups runs by params, tells them apart)."""
-    from study.config import grid_trials
-    from study.runner import OptunaSpace, _study_constants
+    from study.plan import grid_trials
+    from study.runner import _study_constants
+    from study.search import OptunaSpace
 
     config = tiny_study(methods={"none": {}, "sparse-vd": {"warmup_epochs": 1, "train": {"optimizer": "adam",
                                                                                           "lr": 1e-3}}})

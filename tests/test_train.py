@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from study.method import Method, MethodContext, MethodParams
-from study.train import TrainConfig, fit, next_phase, _State
+from study.settings import TrainConfig
+from study.train import fit, method_context, next_phase, _State
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Data:
     train: Split
     val: Split
     test: Split
+    num_classes: int = 3
 
 
 def make_data(n: int = 96, d: int = 6, c: int = 3) -> Data:
@@ -159,6 +161,11 @@ def test_resume_from_checkpoint_continues_identically() -> None:
     resumed = fit(make_model(), Threshold(MethodParams(), CTX), make_data(), config, resume=saved)
     strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)
+
+
+def test_method_context_describes_the_run() -> None:
+    context = method_context(make_data(), TrainConfig(epochs=7, batch_size=30))
+    assert context == MethodContext(train_size=64, num_classes=3, epochs=7, steps_per_epoch=3)
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(optimizer="rmsprop"), dict(target_error=120.0)])

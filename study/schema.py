@@ -1,0 +1,401 @@
+"""The study file: its validated schema, YAML loading, ``--set`` overrides, errors that name
+the field, and the checks against the registries.
+
+A study is one YAML file. Every field has a default that works on a laptop, so the smallest
+study file is ``{}``. Unknown fields are errors that name the field and the valid ones, and
+method names, method parameters, data set and architecture options are checked against the
+registries, so ``study validate`` catches typos before any trial starts. The ``train`` block is
+derived from :class:`study.settings.TrainConfig`, the trainer's own settings.
+
+A method's entry holds its parameters (the forms are in :mod:`study.plan`, which expands a
+study into trials) and may also hold the reserved key ``train``: fixed values that override
+fields of the global ``train`` block for that method's trials only (``sparse-vd: {train:
+{optimizer: adam, lr: 1.0e-3}}``). It is not searched; no method parameter may be called
+``train``; and it may not set ``target_error``: every method is compared at the study's one
+target (``train.target_error``), which the report's selection uses.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from study import runformat as rf
+from study.options import check_options, option_defaults
+from study.plan import method_spaces
+from study.settings import ARCH, AUTO, DATASET, DEVICE_HELP, STUDY_AXES, VAL_FRACTION, TrainConfig
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+TRAIN_KEY = "train"  # reserved in a method's entry: that method's train overrides
+#: Train fields a method may not override: every method is compared at the study's one target.
+STUDY_WIDE_TRAIN = ("target_error",)
+
+
+# -- YAML ------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-5`` is a float (YAML 1.1 wants ``1.0e-5``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def apply_overrides(raw: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
+    """``["train.lr=0.01", "methods.l1.lam=[1e-4, 1e-3]"]`` applied to a raw study dict.
+
+    Keys are dotted paths (missing levels are created); values are parsed as YAML, so lists,
+    numbers, booleans and ``null`` work. The result is validated later like the file itself.
+    """
+    out = copy.deepcopy(raw)
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE with a dotted key (e.g. train.lr=0.01), got {item!r}")
+        parts = key.strip().split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ValueError(f"--set {key}: {where} is {child!r}, not a section")
+            node = child
+        node[parts[-1]] = parse_yaml(value) if value.strip() else None
+    return out
+
+
+# -- the schema ------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _train_settings() -> type[_Section]:
+    """The ``train`` block, derived from :class:`study.settings.TrainConfig` (the one
+    definition of the fields, defaults, bounds and help): without the seed, a study axis, and
+    with ``device: auto``."""
+    hints = typing.get_type_hints(TrainConfig)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in STUDY_AXES:
+            continue
+        default, description = (AUTO, DEVICE_HELP) if f.name == "device" else (f.default, f.metadata["help"])
+        fields[f.name] = (hints[f.name], Field(default, description=description, **f.metadata["bounds"]))
+    return create_model("TrainSettings", __base__=_Section, __module__=__name__, __doc__=_train_settings.__doc__,
+                        **fields)
+
+
+TrainSettings = _train_settings()
+
+
+class DataSettings(_Section):
+    val_fraction: float = Field(VAL_FRACTION, ge=0, lt=1, description="fraction of the training set held out")
+    root: str | None = Field(None, description="data root (default $STUDY_DATA_ROOT or ~/.cache/...)")
+    download: bool = False
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per data set name")
+
+
+class ModelSettings(_Section):
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per architecture name")
+
+
+class Objective(_Section):
+    metric: str = "val_error"
+    mode: Literal["min", "max"] = "min"
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if not rf.is_objective_metric(value):
+            raise ValueError(f"unknown metric {value!r}; valid: {', '.join(rf.OBJECTIVE_METRICS)}, "
+                             f"{rf.REMAINING_PREFIX}<layer>")
+        return value
+
+
+class SearchSettings(_Section):
+    kind: Literal["grid", "optuna"] = "grid"
+    sampler: Literal["tpe", "nsga2"] = "tpe"
+    num_samples: int = Field(8, ge=1, description="Optuna: configurations to sample")
+    objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)
+    seed: int = Field(0, description="the sampler's seed")
+    population_size: int | None = Field(None, ge=2, description="NSGA-II population (default 50)")
+
+    @field_validator("objectives")
+    @classmethod
+    def _distinct(cls, value: list[Objective]) -> list[Objective]:
+        names = [o.metric for o in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives repeat a metric: {names}")
+        return value
+
+
+class SchedulerSettings(_Section):
+    kind: Literal["none", "asha"] = "none"
+    metric: str | None = Field(None, description="default: the first objective")
+    mode: Literal["min", "max"] | None = None
+    grace_period: int = Field(3, ge=1, description="epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(3.0, ge=2)
+
+
+class ResourceSettings(_Section):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0, description="fractions share a GPU, e.g. 0.25")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as resources allow")
+    num_cpus: int | None = Field(None, ge=1, description="in-process Ray only: CPUs to use (default all)")
+    num_gpus: int | None = Field(None, ge=0, description="in-process Ray only: GPUs to use (default all)")
+    max_failures: int = Field(2, ge=0, description="retries of a crashed trial, from its last checkpoint")
+    checkpoints_to_keep: int = Field(1, ge=1)
+
+
+class StudyConfig(_Section):
+    name: str = Field("study", pattern=NAME_PATTERN)
+    description: str = ""
+    datasets: list[str] = Field(default_factory=lambda: [DATASET], min_length=1)
+    archs: list[str] = Field(default_factory=lambda: [ARCH], min_length=1)
+    methods: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"none": {}, "sensitivity-unspec": {}, "sensitivity-spec": {}}, min_length=1
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    resources: ResourceSettings = Field(default_factory=ResourceSettings)
+    output_dir: str | None = Field(None, description="default runs/<name>, relative to the working directory")
+    storage_path: str | None = Field(
+        None, description="Ray Tune results and checkpoints: default <output_dir>/ray; on a multi-node "
+        "cluster a folder every node shares, or a URI such as s3://bucket/path")
+    tracking_uri: str | None = Field(None, description="default sqlite:///<abs output_dir>/mlflow.db")
+    experiment: str | None = Field(None, description="MLflow experiment, default the name")
+
+    @field_validator("datasets", "archs", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _method_list(cls, value: Any) -> Any:
+        # `methods: [none, l1]` is shorthand for every method with its default parameters.
+        if isinstance(value, (list, tuple)):
+            return {str(name): {} for name in value}
+        if isinstance(value, dict):
+            return {k: ({} if v is None else v) for k, v in value.items()}
+        return value
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_count(cls, value: Any) -> Any:
+        # `seeds: 3` means seeds 0, 1, 2.
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError(f"seeds: a count must be >= 1, got {value}")
+            return list(range(value))
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds repeat: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_registries(self) -> StudyConfig:
+        check_registries(self)
+        return self
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def output_path(self) -> Path:
+        """The output folder, absolute."""
+        return Path(self.output_dir or f"runs/{self.name}").expanduser().resolve()
+
+    @property
+    def resolved_storage_path(self) -> str:
+        """Where Tune keeps results and checkpoints: an absolute path or a URI."""
+        if self.storage_path and "://" in self.storage_path:
+            return self.storage_path
+        if self.storage_path:
+            return str(Path(self.storage_path).expanduser().resolve())
+        return str(self.output_path / "ray")
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.name
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return rf.resolve_tracking_uri(self.tracking_uri, self.output_path)
+
+    @property
+    def scheduler_objective(self) -> Objective:
+        first = self.search.objectives[0]
+        metric = self.scheduler.metric or first.metric
+        mode = self.scheduler.mode or (first.mode if metric == first.metric else "min")
+        return Objective(metric=metric, mode=mode)
+
+    def config_hash(self) -> str:
+        """A short hash of everything that changes results (not where they go or how fast)."""
+        design = self.model_dump(
+            mode="json", exclude={"output_dir", "storage_path", "tracking_uri", "experiment", "resources"}
+        )
+        return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    # -- a method's entry --------------------------------------------------------------------
+    def method_params(self, method: str) -> dict[str, Any]:
+        """The parameter specs of ``methods.<method>`` (its entry without the ``train`` key)."""
+        return {p: spec for p, spec in self.methods[method].items() if p != TRAIN_KEY}
+
+    def method_train(self, method: str) -> dict[str, Any]:
+        """The checked ``train`` overrides of one method (``methods.<method>.train``), typed like
+        the global block; ``{}`` when it has none."""
+        where = f"methods.{method}.{TRAIN_KEY}"
+        spec = (self.methods.get(method) or {}).get(TRAIN_KEY)
+        if spec is None:
+            return {}
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: expected a mapping of train field -> value, got {spec!r}")
+        valid = [name for name in TrainSettings.model_fields if name not in STUDY_WIDE_TRAIN]
+        for key, value in spec.items():
+            if key in STUDY_WIDE_TRAIN:
+                raise ValueError(f"{where}.{key}: every method is compared at the study's one target, so set "
+                                 f"train.{key} for the whole study, not per method")
+            if key not in valid:
+                raise ValueError(f"unknown field '{where}.{key}'; valid: {', '.join(valid)}")
+            if isinstance(value, (list, tuple, dict)):
+                raise ValueError(f"{where}.{key}: train overrides are fixed values, not searched; got {value!r} "
+                                 f"(use one study per value)")
+        try:
+            checked = TrainSettings.model_validate(spec)
+        except ValidationError as err:
+            raise ValueError("; ".join(
+                f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                for e in err.errors()
+            )) from None
+        return {key: getattr(checked, key) for key in spec}
+
+    def effective_train(self, method: str) -> TrainSettings:
+        """The train settings ``method``'s trials use: the global block with its overrides applied."""
+        return self.train.model_copy(update=self.method_train(method))
+
+
+def check_registries(config: StudyConfig) -> None:
+    """Names and options against the data set, model and method registries."""
+    from study import data as data_registry
+    from study import models
+
+    for name in config.datasets:
+        if name not in data_registry.DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(data_registry.dataset_names())}")
+    for name in config.archs:
+        if name not in models.MODELS:
+            raise ValueError(f"unknown arch {name!r}; valid: {', '.join(models.model_names())}")
+    for name, options in config.data.options.items():
+        if name not in config.datasets:
+            raise ValueError(f"data.options.{name}: {name!r} is not one of the study's datasets {config.datasets}")
+        defaults = option_defaults(data_registry.DATASETS[name])
+        check_options(f"data.options.{name}", defaults, dict(options or {}))
+    for name, options in config.model.options.items():
+        if name not in config.archs:
+            raise ValueError(f"model.options.{name}: {name!r} is not one of the study's archs {config.archs}")
+        defaults = {**option_defaults(models.MODELS[name]), **models.COMMON_OPTIONS}
+        check_options(f"model.options.{name}", defaults, dict(options or {}))
+    method_spaces(config)
+    for method in config.methods:
+        config.method_train(method)
+    if config.search.kind == "optuna":
+        if len(config.datasets) != 1 or len(config.archs) != 1:
+            raise ValueError(
+                "an optuna search takes one dataset and one arch (write one study per pair); "
+                f"got datasets {config.datasets}, archs {config.archs}"
+            )
+        if config.search.sampler == "nsga2" and len(config.search.objectives) < 2:
+            raise ValueError("search.sampler nsga2 is a multi-objective sampler: give two or more objectives")
+    if config.scheduler.kind == "asha" and config.scheduler.metric is not None:
+        Objective(metric=config.scheduler.metric)  # known metric?
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    messages = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            valid = _valid_fields(e["loc"][:-1])
+            messages.append(f"unknown field {loc!r}" + (f"; valid: {', '.join(valid)}" if valid else ""))
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            messages.append(f"{loc}: {msg}" if loc else msg)
+    return f"{source}: " + "; ".join(messages)
+
+
+def _valid_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = StudyConfig
+    for part in loc:
+        info = model.model_fields.get(str(part))
+        annotation = getattr(info, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def study_from_dict(raw: dict[str, Any] | None, source: str = "study") -> StudyConfig:
+    """Validate a raw study mapping; errors become one ValueError naming the field."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: a study file must be a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ValueError(_format_validation_error(err, source)) from None
+
+
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
+    """Read, override and validate a study file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study file not found: {path}")
+    try:
+        with open(path) as stream:  # a file object: YAML errors then name the file
+            raw = yaml.load(stream, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a study file must be a mapping at the top level")
+    return study_from_dict(apply_overrides(raw, overrides), str(path))
