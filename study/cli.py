@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import sys
 import textwrap
 import time

@@ -449,6 +449,14 @@ def data_root(root: str | Path | None = None) -> Path:
     return Path(chosen).expanduser()
 
 
+def _checked(name: str, options: dict[str, Any]) -> tuple[Callable[..., DataBundle], dict]:
+    """The loader of ``name`` and its checked options; unknown names/options -> ValueError."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(dataset_names())}")
+    loader = DATASETS[name]
+    return loader, check_options(f"dataset {name!r}", option_defaults(loader), options)
+
+
 def load_dataset(
     name: str,
     *,
