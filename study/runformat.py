@@ -17,7 +17,7 @@ The layout of one study in MLflow:
   written); an interrupted study ends KILLED with ``status=interrupted``;
 - child run per trial (per seed): tags ``mlflow.parentRunId``, ``study.role=trial``,
   ``study.trial_id``, ``study.tune_trial_id``, ``status`` (running, finished, diverged,
-  failed, pruned), ``study.attempts``, ``study.device``; params ``method``, ``arch``,
+  failed, pruned), ``study.stage`` (search or confirm), ``study.attempts``, ``study.device``; params ``method``, ``arch``,
   ``dataset``, ``seed``, every method parameter, ``train.<field>``, ``data.<option>``,
   ``model.<option>``; metrics: every numeric key of each epoch's record with step = epoch
   (``phase`` as ``phase_index``); artifacts ``layers.csv`` and ``history.csv``.
@@ -122,6 +122,13 @@ TAG_TRIAL_ID = "study.trial_id"  # the Tune trial id, plus -s<seed> when a trial
 TAG_TUNE_TRIAL_ID = "study.tune_trial_id"
 TAG_ATTEMPTS = "study.attempts"
 TAG_DEVICE = "study.device"
+#: Which stage of a tune-then-confirm study a trial belongs to: the search (configurations
+#: compared on validation error) or the confirmation (each method's chosen configuration
+#: retrained on fresh seeds). Reports use the confirm runs where they exist.
+TAG_STAGE = "study.stage"
+STAGE_SEARCH = "search"
+STAGE_CONFIRM = "confirm"
+STAGES: tuple[str, ...] = (STAGE_SEARCH, STAGE_CONFIRM)
 
 # -- params --------------------------------------------------------------------------------------
 METHOD = "method"
