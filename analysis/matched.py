@@ -123,22 +123,24 @@ def matched_point(val_error: Sequence[float], compression: Sequence[float],
     """The largest compression on the path through (validation error, log compression), in
     the given (epoch) order, at which validation error ≤ ``target`` (module docstring)."""
     v = np.asarray(val_error, dtype=float)
-    y = np.log(np.asarray(compression, dtype=float))
+    c = np.asarray(compression, dtype=float)
     te = np.asarray(test_error, dtype=float)
-    if not (len(v) == len(y) == len(te)):
-        raise ValueError(f"trajectories of unequal length: {len(v)}, {len(y)}, {len(te)}")
-    # candidates: (y, v, position, test error)
-    found = [(y[i], v[i], float(i), te[i]) for i in range(len(v)) if v[i] <= target]
+    if not (len(v) == len(c) == len(te)):
+        raise ValueError(f"trajectories of unequal length: {len(v)}, {len(c)}, {len(te)}")
+    y = np.log(c)
+    # candidates: (log compression, validation error, position, test error, compression);
+    # at an epoch the logged compression itself, so that no exp(log(c)) rounding creeps in
+    found = [(y[i], v[i], float(i), te[i], c[i]) for i in range(len(v)) if v[i] <= target]
     for i in range(len(v) - 1):
         if (v[i] - target) * (v[i + 1] - target) < 0:  # the segment crosses the target
             s = (target - v[i]) / (v[i + 1] - v[i])
-            found.append((y[i] + s * (y[i + 1] - y[i]), float(target), i + s,
-                          te[i] + s * (te[i + 1] - te[i])))
+            at = y[i] + s * (y[i + 1] - y[i])
+            found.append((at, float(target), i + s, te[i] + s * (te[i + 1] - te[i]), np.exp(at)))
     if not found:
         return MatchedPoint(np.nan, np.nan, np.nan, np.nan, False)
-    best = min(found, key=lambda c: (-c[0], c[1], c[2]))
+    best = min(found, key=lambda cand: (-cand[0], cand[1], cand[2]))
     last = len(v) - 1
-    return MatchedPoint(float(np.exp(best[0])), float(best[3]), float(best[1]), float(best[2]),
+    return MatchedPoint(float(best[4]), float(best[3]), float(best[1]), float(best[2]),
                         bool(best[2] == last and v[last] < target))
 
 
@@ -309,124 +311,3 @@ def matched_frames(epochs: pd.DataFrame, agg: pd.DataFrame, selected: pd.DataFra
     seeds, summary = [f for f in seeds if len(f)], [f for f in summary if len(f)]
     return (pd.concat(seeds, ignore_index=True) if seeds else empty[0],
             pd.concat(summary, ignore_index=True) if summary else empty[1])
-
-
-# -- words ------------------------------------------------------------------------------------------
-def fmt_x(value: float) -> str:
-    """A compression or ratio: 3 significant digits (1.01, 12.3, 0.934)."""
-    return f"{value:.3g}" if np.isfinite(value) else "—"
-
-
-def fmt_interval(lo: float, hi: float) -> str:
-    return f"[{fmt_x(lo)}, {fmt_x(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else ""
-
-
-def fmt_p(p: float) -> str:
-    return f"{p:.2g}" if np.isfinite(p) else "—"
-
-
-def _seeds(n: int) -> str:
-    return f"{n} seed" + ("" if n == 1 else "s")
-
-
-def _caveats(row: Mapping) -> str:
-    """Seeds left out, and values that are lower bounds."""
-    out = []
-    missing = int(row["n_seeds"]) - int(row["n_reached"])
-    if missing:
-        out.append(f"{missing} of its {_seeds(int(row['n_seeds']))} never reach the target and "
-                   "are left out")
-    if row["n_lower_bound"]:
-        out.append(f"in {row['n_lower_bound']} of them the run ended still under the target, "
-                   "so the compression is a lower bound" if row["n_lower_bound"] < row["n_reached"]
-                   else "every run ended still under the target, so the compression is a lower bound")
-    return "; ".join(out)
-
-
-def sentence(row: Mapping) -> str:
-    """One sentence about one method of ``compare``'s frame, e.g. "sensitivity-spec reaches
-    1.01× [0.93, 1.09] the compression of decay at 5 % validation error (p = 0.8, 3 vs 3
-    seeds): no detectable difference." It calls a difference real only with the verdict
-    ``MORE`` or ``LESS`` (interval excluding 1 and p < 0.05)."""
-    method, ref, target = row["method"], row["reference"], f"{row['target_error']:g} %"
-    if not row["n_reached"]:
-        return (f"{method} does not reach {target} validation error in any of its "
-                f"{_seeds(int(row['n_seeds']))} (lowest: {row['best_val_error']:.2f} %): no "
-                "compression at matched error.")
-    caveats = _caveats(row)
-    caveats = f"; {caveats}" if caveats else ""
-    own = (f"{fmt_x(row['compression_mean'])}× {fmt_interval(row['compression_lo'], row['compression_hi'])}"
-           ).rstrip()
-    if not ref or method == ref or row["verdict"] == NO_DATA:
-        lead = f"{method}{' (the reference)' if ref and method == ref else ''} reaches {own} " \
-               f"compression at {target} validation error ({_seeds(int(row['n_reached']))}{caveats})"
-        if ref and method != ref:
-            return lead + f"; {ref} does not reach it, so there is no ratio."
-        return lead + "."
-    n_a, n_b = int(row["n_reached"]), int(row["n_reference"])
-    interval = fmt_interval(row["ratio_lo"], row["ratio_hi"])
-    p, p_min = row["p_value"], row["p_min"]
-    floor = (f"; {fmt_p(p_min)} is the smallest p possible with {n_a} vs {n_b} seeds"
-             if np.isfinite(p_min) and p_min >= ALPHA else "")
-    head = (f"{method} reaches {fmt_x(row['ratio'])}×{' ' + interval if interval else ''} the "
-            f"compression of {ref} at {target} validation error (p = {fmt_p(p)}, {n_a} vs "
-            f"{_seeds(n_b)}{floor}{caveats})")
-    v = row["verdict"]
-    if v == MORE:
-        tail = f"more compression than {ref}"
-    elif v == LESS:
-        tail = f"less compression than {ref}"
-    elif v == NO_DIFFERENCE:
-        tail = "no detectable difference" + (" (the interval includes 1)"
-                                              if np.isfinite(p) and p < ALPHA else "")
-    elif not interval:
-        tail = "too few seeds for an interval; not established"
-    else:
-        tail = "the interval excludes 1 but the permutation test does not confirm it; not established"
-    return f"{head}: {tail}."
-
-
-# -- the table ----------------------------------------------------------------------------------------
-def display_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """``compare``'s frame (one architecture and data set) as strings, in method order."""
-    from analysis.tables import DASH, fmt_error, sorted_methods
-
-    ref = next((r for r in summary["reference"] if r), "") if len(summary) else ""
-    vs = f"vs {ref} (×) [95 % CI]" if ref else "vs reference (×)"
-    rows = []
-    order = {m: i for i, m in enumerate(sorted_methods(summary["method"]))}
-    for _, r in summary.sort_values("method", key=lambda s: s.map(order)).iterrows():
-        seeds = f"{int(r['n_reached'])}/{int(r['n_seeds'])}"
-        if r["n_lower_bound"]:
-            seeds += f", {int(r['n_lower_bound'])} lower bound" + ("s" if r["n_lower_bound"] > 1 else "")
-        own = (f"{fmt_x(r['compression_mean'])} {fmt_interval(r['compression_lo'], r['compression_hi'])}"
-               .rstrip() if r["n_reached"] else DASH)
-        if ref and r["method"] == ref:
-            ratio, p, verdict_text = "reference", DASH, ""
-        elif np.isfinite(r["ratio"]):
-            ratio = f"{fmt_x(r['ratio'])} {fmt_interval(r['ratio_lo'], r['ratio_hi'])}".rstrip()
-            p = fmt_p(r["p_value"]) + (" (smallest possible)" if r["p_value"] <= r["p_min"] else "")
-            verdict_text = r["verdict"]
-        else:
-            ratio, p, verdict_text = DASH, DASH, r["verdict"] if ref else ""
-        rows.append([r["method"], r["stage"], r["setting"], seeds, own,
-                     fmt_error(float(r["test_error_mean"]), float(r["test_error_std"])),
-                     ratio, p, verdict_text])
-    return pd.DataFrame(rows, columns=["Method", "Runs", "Setting", "Seeds at target",
-                                       "Compression (×) [95 % CI]", "Test error (%)", vs, "p",
-                                       "Verdict"])
-
-
-def caption(name: str, target: float, reference: str | None) -> str:
-    """The matched table's caption (``name``: e.g. "lenet300 on mnist")."""
-    text = (f"{name}. Compression at matched validation error (≤ {target:g} %): per seed, read "
-            "off its sparsify-phase trajectory by interpolation in (validation error, log "
-            "compression), the largest compression at which the validation error is at most the "
-            "target; mean over the seeds that reach the target, with a 95 % percentile bootstrap "
-            "interval; test error at the same point, mean ± std.")
-    if reference:
-        text += (f" Ratio vs {reference}: exp(mean log compression − that of {reference}), the "
-                 "bootstrap resampling seeds within each method; p: two-sided permutation test "
-                 "on log compression. A difference is called only when the interval excludes 1 "
-                 "and p < 0.05.")
-    return text

@@ -2,8 +2,8 @@
 
 :mod:`analysis.report` computes the frames (points, fronts, operating points, targets) and
 calls these writers in order: ``summary``, ``unfinished``, one ``arch_section`` per
-architecture × data set (table, Pareto front, layer profile, training curves, sensitivity
-statistics), ``files``. Each writer adds blocks to a :class:`analysis.document.Document`
+architecture × data set (which runs it reads, table, compression at matched error, Pareto
+front, layer profile, training curves, sensitivity statistics), ``files``. Each writer adds blocks to a :class:`analysis.document.Document`
 and saves its figure or table files; the one-line findings under each figure (best
 compression, hardest-pruned layer, loss minima) are small pure functions.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import figures, matched, tables
+from analysis import figures, matched_text, tables
 from analysis.document import Document
 from analysis.runs import SENS_COLUMNS, Runs, sens_column
 from analysis.selection import REFERENCE_METHOD, Target, chosen_configs
@@ -234,28 +234,20 @@ def _matched(doc: Document, part: Slice, tab_dir: Path) -> None:
         doc.para("No method has a sparsify-phase trajectory to read yet.")
         return
     ref = next((r for r in part.matched["reference"] if r), None)
-    text = matched.caption(part.name, part.target.value, ref)
-    display = matched.display_table(part.matched)
-    stem = f"matched_{part.stem}"
-    paths = tables.write_files(part.matched, display, tab_dir, stem, caption=text)
-    part.matched_seeds.to_csv(tab_dir / f"matched_seeds_{part.stem}.csv", index=False)
+    text = matched_text.caption(part.name, part.target.value, ref)
+    display = matched_text.display_table(part.matched)
+    paths = tables.write_files(part.matched, display, tab_dir, f"matched_{part.stem}", caption=text)
+    seeds = tab_dir / f"matched_seeds_{part.stem}.csv"
+    part.matched_seeds.to_csv(seeds, index=False)
     doc.para(text + (f" The reference is {ref}." if ref else
                      " The study has neither decay nor weight-decay, so there is no reference "
                      "(`study report --reference NAME` chooses one)."))
     doc.table(display)
-    doc.items([matched.sentence(row) for _, row in part.matched.iterrows()])
-    notes = []
-    if (part.matched["n_reached"] < 4).any():
-        notes.append("With 2–3 seeds per method the intervals describe those seeds: a bootstrap "
-                     "resample of 3 values takes only 10 distinct means, so the interval is "
-                     "coarse and too narrow.")
-    if (part.matched["p_min"] >= matched.ALPHA).any():
-        notes.append("A permutation test of 3 vs 3 seeds has 20 relabellings, so its smallest "
-                     "possible p is 0.1: no difference can be established at p < 0.05 with so "
-                     "few seeds.")
-    doc.para(" ".join(notes) + f" Files: [Markdown](tables/{paths['md'].name}), "
-             f"[CSV](tables/{paths['csv'].name}), [LaTeX](tables/{paths['tex'].name}), "
-             f"[per seed](tables/matched_seeds_{part.stem}.csv).")
+    doc.items(matched_text.sentences(part.matched))
+    doc.para(" ".join([*matched_text.small_sample_notes(part.matched),
+                       f"Files: [Markdown](tables/{paths['md'].name}), "
+                       f"[CSV](tables/{paths['csv'].name}), [LaTeX](tables/{paths['tex'].name}), "
+                       f"[per seed](tables/{seeds.name})."]))
 
 
 def _pareto(doc: Document, part: Slice, fig_dir: Path) -> None:

@@ -256,7 +256,8 @@ _LATEX_SPECIAL = {
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "±": r"\ensuremath{\pm}", "×": r"\ensuremath{\times}", "—": "---",
     "≤": r"\ensuremath{\leq}", "≥": r"\ensuremath{\geq}", "θ": r"\ensuremath{\theta}",
-    "≠": r"\ensuremath{\neq}", "λ": r"\ensuremath{\lambda}",
+    "≠": r"\ensuremath{\neq}", "λ": r"\ensuremath{\lambda}", "−": r"\ensuremath{-}",
+    "<": r"\ensuremath{<}", ">": r"\ensuremath{>}", "–": "--",
 }
 
 

@@ -221,9 +221,9 @@ def resolved(monkeypatch):
 
     calls = []
 
-    def record(runs, out, *, target_error=None, study_target=None):
+    def record(runs, out, *, target_error=None, study_target=None, reference=None):
         calls.append(SimpleNamespace(runs=runs, out=out, target_error=target_error,
-                                     study_target=study_target))
+                                     study_target=study_target, reference=reference))
         return out
 
     monkeypatch.setattr(analysis.report, "make_report", record)
