@@ -217,3 +217,116 @@ def test_confirm_runs_are_preferred_per_method():
     assert stages_sentence(used.reset_index().query("dataset == 'd'")) == (
         "Runs: the confirm runs (the chosen configuration retrained on fresh seeds) for a (seeds "
         "10, 11, 12); the search runs for b, c.")
+
+
+# -- a report on a tune-then-confirm study -----------------------------------------------------------
+TARGET = 2.0
+CONFIRMED = ("decay", "sensitivity-spec")
+
+
+@pytest.fixture(scope="module")
+def confirm_study(tmp_path_factory):
+    import fake_study
+
+    root = tmp_path_factory.mktemp("confirm")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    fake_study.make_fake_study(uri, "tuned", artifact_location=(root / "artifacts").as_uri(),
+                               target_error=TARGET, running=False,
+                               trials=fake_study.MATCHED_TRIALS, confirm=fake_study.MATCHED_CONFIRM)
+    return root, uri
+
+
+@pytest.fixture(scope="module")
+def confirm_report(confirm_study):
+    from study import cli
+
+    root, uri = confirm_study
+    assert cli.main(["report", "tuned", "--tracking-uri", uri, "--out", str(root / "report")]) == 0
+    return root / "report"
+
+
+def _brute_force_matched(run: pd.DataFrame, target: float, steps: int = 4001) -> float:
+    """The largest compression with validation error ≤ target on the path through the
+    sparsify epochs, by sampling every segment densely (independent of matched_point)."""
+    run = run[run["phase"] == "sparsify"].sort_values("epoch")
+    v, y = run["val_error"].to_numpy(), np.log(run["compression"].to_numpy())
+    t = np.linspace(0, 1, steps)
+    vs = np.concatenate([v[i] + t * (v[i + 1] - v[i]) for i in range(len(v) - 1)])
+    ys = np.concatenate([y[i] + t * (y[i + 1] - y[i]) for i in range(len(v) - 1)])
+    ok = vs <= target
+    return float(np.exp(ys[ok].max())) if ok.any() else math.nan
+
+
+def test_the_report_uses_the_confirm_runs_and_compares_with_decay(confirm_report, confirm_study):
+    from analysis.runs import load_runs
+
+    _, uri = confirm_study
+    runs = load_runs(uri, "tuned")
+    assert set(runs.trials["stage"]) == {"search", "confirm"}
+    table = pd.read_csv(confirm_report / "tables" / "table_lenet300_mnist.csv")
+    measured = table[table["source"] == "this study"].set_index("method")
+    for method in CONFIRMED:   # the confirm seeds only, never averaged with the search seeds
+        assert measured.loc[method, "n_seeds"] == 3
+    assert measured.loc["weight-decay", "n_seeds"] == 2 and measured.loc["none", "n_seeds"] == 2
+    md = (confirm_report / "report.md").read_text()
+    assert ("Runs: the confirm runs (the chosen configuration retrained on fresh seeds) for decay "
+            "(seeds 10, 11, 12); sensitivity-spec (seeds 10, 11, 12); the search runs for l0, "
+            "none, weight-decay.") in md
+
+    seeds = pd.read_csv(confirm_report / "tables" / "matched_seeds_lenet300_mnist.csv")
+    confirm = seeds[seeds["method"].isin(CONFIRMED)]
+    assert sorted(confirm["seed"]) == [10, 10, 11, 11, 12, 12] and set(confirm["stage"]) == {"confirm"}
+    ep = runs.epochs
+    for _, s in seeds.iterrows():
+        brute = _brute_force_matched(ep[ep["run_id"] == s["run_id"]], TARGET)
+        if math.isnan(brute):
+            assert not s["reached"]
+        else:
+            assert s["compression"] == pytest.approx(brute, rel=1e-3), s["run_id"]
+
+    summary = pd.read_csv(confirm_report / "tables" / "matched_lenet300_mnist.csv").set_index("method")
+    assert set(summary["reference"]) == {"decay"} and (summary["target_error"] == TARGET).all()
+    spec = summary.loc["sensitivity-spec"]
+    mine = seeds[seeds["method"] == "sensitivity-spec"]["compression"]
+    ref = seeds[seeds["method"] == "decay"]["compression"]
+    assert spec["compression_mean"] == pytest.approx(mine.mean())
+    assert spec["ratio"] == pytest.approx(np.exp(np.log(mine).mean() - np.log(ref).mean()))
+    assert spec["p_min"] == pytest.approx(0.1) and spec["n_reference"] == 3
+    assert summary.loc["l0", "n_reached"] == 0
+    # one sentence per method, in the report and in the HTML page
+    html = (confirm_report / "report.html").read_text()
+    for method, row in summary.reset_index().iterrows():
+        text = matched_text.sentence(row)
+        assert f"- {text}" in md and text.replace("&", "&amp;") in html
+    assert "l0 does not reach 2 % validation error in any of its 2 seeds" in md
+    assert "0.1 is the smallest p possible with 3 vs 3 seeds" in md
+    for ext in ("md", "csv", "tex"):
+        assert (confirm_report / "tables" / f"matched_lenet300_mnist.{ext}").is_file()
+
+
+def test_the_matched_table_compiles(confirm_report, tmp_path):
+    from references import assert_latex_compiles
+
+    tex = (confirm_report / "tables" / "matched_lenet300_mnist.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == 1 and "−" not in tex and "<" not in tex.replace(
+        r"\ensuremath{<}", "")
+    assert_latex_compiles(tex, tmp_path)
+
+
+def test_reference_flag(confirm_study, tmp_path, capsys):
+    from study import cli
+
+    _, uri = confirm_study
+    out = tmp_path / "wd"
+    assert cli.main(["report", "tuned", "--tracking-uri", uri, "--out", str(out),
+                     "--reference", "weight-decay"]) == 0
+    summary = pd.read_csv(out / "tables" / "matched_lenet300_mnist.csv")
+    assert set(summary["reference"]) == {"weight-decay"}
+    assert "the compression of weight-decay at 2 % validation error" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert cli.main(["report", "tuned", "--tracking-uri", uri, "--out", str(tmp_path / "x"),
+                     "--reference", "l2"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("--reference 'l2' is not a method of this study; choose one of ['decay', 'l0', "
+            "'none', 'sensitivity-spec', 'weight-decay']") in err
+    assert not (tmp_path / "x").exists()
