@@ -72,7 +72,7 @@ def sentence(row: Mapping) -> str:
         who = f"{method} (the reference)" if ref and method == ref else method
         text = (f"{who} reaches {own} compression at {target} validation error "
                 f"({_seeds(int(row['n_reached']))}{notes})")
-        return text + (f"; {ref} does not reach it, so there is no ratio." if ref and method != ref
+        return text + (f"; no seed of {ref} reaches it, so there is no ratio." if ref and method != ref
                        else ".")
     n_a, n_b = int(row["n_reached"]), int(row["n_reference"])
     ratio = _with_interval(row["ratio"], row["ratio_lo"], row["ratio_hi"])
@@ -127,7 +127,8 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
         elif np.isfinite(r["ratio"]):
             ratio = (_with_interval(r["ratio"], r["ratio_lo"], r["ratio_hi"])
                      .replace("×", "").replace("  ", " "))
-            p = fmt_p(r["p_value"]) + (" (smallest possible)" if r["p_value"] <= r["p_min"] else "")
+            floor = r["p_value"] <= r["p_min"] * (1 + 1e-9)  # scipy's p carries rounding
+            p = fmt_p(r["p_value"]) + (" (smallest possible)" if floor else "")
             verdict = r["verdict"]
         else:
             ratio, p, verdict = DASH, DASH, r["verdict"] if ref else ""

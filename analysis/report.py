@@ -8,8 +8,11 @@ point only once every one of its other trials has reached it (see ``pareto.aggre
 The entry point is ``make_report(runs, out_dir, target_error=..., study_target=...)``, with
 values already resolved: ``study report`` (``study.cli.cmd_report``) finds the runs, the
 folder and the study's target from the validated study file or the study's own parent run.
-This module computes the frames; :mod:`analysis.sections` writes the prose and figures into
-an :class:`analysis.document.Document`.
+This module computes the frames, from each method's confirm runs where it has any, else its
+search runs (``runs.prefer_confirm``): seed aggregates, fronts, operating points and the
+compression at matched validation error against the reference method (:mod:`analysis.matched`);
+:mod:`analysis.sections` writes the prose and figures into an
+:class:`analysis.document.Document`.
 """
 from __future__ import annotations
 

@@ -164,6 +164,8 @@ def test_sentences():
     assert ref == ("decay (the reference) reaches 3× [2.8, 3.2] compression at 5 % validation "
                    "error (3 seeds; every run ended still under the target, so the compression "
                    "is a lower bound).")
+    no_ref = matched_text.sentence(_row(verdict="no data", ratio=math.nan, n_reference=0))
+    assert no_ref.endswith("(3 seeds); no seed of decay reaches it, so there is no ratio.")
     alone = matched_text.sentence(_row(reference="", verdict="no data"))
     assert alone.startswith("sensitivity-spec reaches 3× [2.8, 3.2] compression at 5 %")
 
@@ -300,6 +302,7 @@ def test_the_report_uses_the_confirm_runs_and_compares_with_decay(confirm_report
         assert f"- {text}" in md and text.replace("&", "&amp;") in html
     assert "l0 does not reach 2 % validation error in any of its 2 seeds" in md
     assert "0.1 is the smallest p possible with 3 vs 3 seeds" in md
+    assert "| weight-decay | search |" in md and "| 0.2 (smallest possible) |" in md  # 2 vs 3
     for ext in ("md", "csv", "tex"):
         assert (confirm_report / "tables" / f"matched_lenet300_mnist.{ext}").is_file()
 
