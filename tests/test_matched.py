@@ -333,3 +333,17 @@ def test_reference_flag(confirm_study, tmp_path, capsys):
     assert ("--reference 'l2' is not a method of this study; choose one of ['decay', 'l0', "
             "'none', 'sensitivity-spec', 'weight-decay']") in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_bad_reference_is_refused_before_the_runs_are_read(tmp_path, capsys):
+    import yaml
+
+    from study import cli
+
+    study = tmp_path / "s.yaml"   # its store does not exist: reading runs would fail otherwise
+    study.write_text(yaml.safe_dump({"name": "s", "methods": ["none", "l1"],
+                                     "output_dir": str(tmp_path / "out")}))
+    assert cli.main(["report", str(study), "--reference", "decay"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--reference 'decay' is not a method of this study; choose one of ['l1', 'none']" in err
+    assert not (tmp_path / "out").exists()
