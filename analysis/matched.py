@@ -80,7 +80,7 @@ NO_DATA = "no data"
 #: The per-seed frame's columns.
 SEED_COLUMNS: tuple[str, ...] = (
     "method", "config", "setting", "stage", "seed", "run_id", "status", "n_epochs", "reached",
-    "lower_bound", "compression", "test_error", "val_error", "position", "best_val_error")
+    "lower_bound", "compression", "test_error", "val_error", "epoch", "best_val_error")
 #: The per-method frame's columns.
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "method", "reference", "target_error", "stage", "setting", "n_seeds", "n_reached",
@@ -166,7 +166,10 @@ def seed_points(epochs: pd.DataFrame, configs: Mapping[str, str], target: float)
                 "run_id": run_id, "status": first.get("status", ""), "n_epochs": len(run),
                 "reached": point.reached, "lower_bound": point.lower_bound,
                 "compression": point.compression, "test_error": point.test_error,
-                "val_error": point.val_error, "position": point.position,
+                "val_error": point.val_error,
+                # the matched point's epoch, fractional between two epochs
+                "epoch": (float(np.interp(point.position, np.arange(len(run)), run[rf.EPOCH]))
+                          if point.reached else np.nan),
                 "best_val_error": float(run[rf.VAL_ERROR].min()),
             })
     out = pd.DataFrame(rows, columns=list(SEED_COLUMNS))

@@ -89,7 +89,7 @@ def test_seed_points_read_sparsify_epochs_of_the_chosen_configuration():
     # the reach epoch (compression 1000 at 0.1 %) and the other configuration do not count
     assert seeds["run_id"].tolist() == ["a-0", "a-1"] and seeds["n_epochs"].tolist() == [2, 2]
     assert seeds["compression"].tolist() == pytest.approx([2 * math.sqrt(2), 4.0])
-    assert seeds["lower_bound"].tolist() == [False, True]
+    assert seeds["lower_bound"].tolist() == [False, True] and seeds["epoch"].tolist() == [1.5, 2.0]
 
 
 # -- statistics with known answers -----------------------------------------------------------------
