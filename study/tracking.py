@@ -9,7 +9,8 @@ The layout (the contract `study report` reads):
   ``status`` (running, finished, diverged, failed, pruned); params method, arch, dataset,
   seed, every method parameter, ``train.<field>``, ``data.<option>``, ``model.<option>``;
   metrics: every numeric key of each epoch's record with step = epoch (``phase`` as
-  ``phase_index``: 0 = reach, 1 = sparsify); artifacts ``layers.csv`` and ``history.csv``.
+  ``phase_index``: 0 = reach, 1 = sparsify); artifacts ``layers.csv`` and ``history.csv``;
+- every run: tag ``study.create_token`` (bookkeeping for retries, see below).
 
 Trials run in several processes that share one SQLite file by default, or talk to one
 ``mlflow server`` over HTTP on a cluster, so every call retries transient failures (SQLite
