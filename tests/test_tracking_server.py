@@ -95,6 +95,9 @@ class Postgres:
         self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop(self) -> None:
+        pid_file = self.data / "postmaster.pid"
+        if self.pid is None and pid_file.is_file():  # pg_ctl gave up waiting, the server may be up
+            self.pid = int(pid_file.read_text().split()[0])
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
@@ -249,14 +252,14 @@ def test_study_survives_the_tracking_server_going_away(ray_session: Any, tiny_st
     config = _load_study(tiny_study, "fault", tracking_server.uri, epochs=epochs)
     watcher = Tracker(tracking_server.uri)
     outage: dict[str, Any] = {}
+    study_done = threading.Event()
 
     def kill_and_restart() -> None:
-        # once trials are logging (some child has an epoch, none has finished): crash the
-        # server (SIGKILL: answers in flight are lost), keep it down ~5 s, restart on its port
+        # once trials are logging (some child has logged an epoch): crash the server
+        # (SIGKILL: answers in flight are lost), keep it down ~5 s, restart it on its port
         try:
             experiment_id = watcher.experiment_id(config.experiment_name)
-            deadline = time.time() + 200
-            while time.time() < deadline:
+            while not study_done.is_set():
                 runs = watcher.find_runs(experiment_id, {"study.role": "trial"})
                 if any(r.data.metrics.get("epoch", 0) >= 1 for r in runs):
                     outage["logged_before"] = sum(int(r.data.metrics.get("epoch", 0)) for r in runs)
@@ -272,8 +275,11 @@ def test_study_survives_the_tracking_server_going_away(ray_session: Any, tiny_st
 
     thread = threading.Thread(target=kill_and_restart, daemon=True)
     thread.start()
-    outcome = run_study(config, hooks={"sleep_after_epoch": 0.5})
-    thread.join(timeout=200)
+    try:
+        outcome = run_study(config, hooks={"sleep_after_epoch": 0.5})
+    finally:
+        study_done.set()
+        thread.join(timeout=200)
     assert "error" not in outage, outage.get("error")
     assert "up_at" in outage, "the server was never stopped: the study ended before any epoch was seen"
     assert outage["up_at"] - outage["down_at"] >= 5
