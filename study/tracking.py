@@ -205,6 +205,12 @@ class Tracker:
     def __getstate__(self) -> dict[str, Any]:
         return {"tracking_uri": self.tracking_uri, "retry_seconds": self.retry_seconds, "_client": None}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a Tune experiment pickled before retry_seconds existed (it held ``retries``) resumes too
+        self.tracking_uri = state["tracking_uri"]
+        self.retry_seconds = state.get("retry_seconds", RETRY_SECONDS)
+        self._client = None
+
     @property
     def client(self) -> Any:
         if self._client is None:

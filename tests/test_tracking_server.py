@@ -419,3 +419,16 @@ def test_create_run_deletes_a_second_copy(mlflow_uri: str, tmp_path: Path) -> No
     run_id = tracker.create_run(experiment_id, "trial", {"study.trial_id": "t2"})
     (run,) = tracker.find_runs(experiment_id, {"study.trial_id": "t2"})
     assert run.info.run_id == run_id
+
+
+def test_tracker_pickles_as_its_settings() -> None:
+    import pickle
+
+    from study.tracking import RETRY_SECONDS
+
+    tracker = pickle.loads(pickle.dumps(Tracker("http://127.0.0.1:1", retry_seconds=7)))
+    assert (tracker.tracking_uri, tracker.retry_seconds, tracker._client) == ("http://127.0.0.1:1", 7, None)
+    # the state a Tune experiment kept before retry_seconds existed
+    old = Tracker.__new__(Tracker)
+    old.__setstate__({"tracking_uri": "sqlite:////x.db", "retries": 12, "_client": None})
+    assert old.retry_seconds == RETRY_SECONDS
