@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from baselines.weight_decay import l2_penalty
+from baselines.penalties import prunable_penalty
 from study import sparsity
 from study.method import Method, MethodContext, MethodParams, Phase, check_fields
 
@@ -132,9 +132,7 @@ class Magnitude(Method):
             raise ValueError(f"magnitude: unknown layer {unknown[0]!r} in layer_quality; valid: {', '.join(layers)}")
 
     def penalty(self, model: nn.Module) -> Tensor | None:
-        if self.params.lam == 0:
-            return None
-        return l2_penalty(sparsity.prunable_weights(model).values(), self.params.lam)
+        return prunable_penalty(model, self.params.lam)
 
     def quality_for(self, layer: str, round_index: int) -> float:
         base = self.layer_quality.get(layer, self.params.quality)
