@@ -16,10 +16,16 @@ How it maps onto the two-phase loop:
 
 At round r (0-based), layer l is pruned where |w| < q_{l,r} · std_l, with
 q_{l,r} = q_l · (1 + r·quality_growth), q_l = ``layer_quality[l]`` if given else
-``quality``. ``std_over`` picks the weights std_l is taken over: ``all`` (default) the
-layer's whole weight tensor, pruned zeros included (as in Distiller's reading of Han);
-``kept`` only the still-unpruned weights, which makes a fixed quality prune more every
-round. Pruned weights never come back (masks).
+``quality``. The growing threshold follows Han's thesis (S. Han, "Efficient Methods and
+Hardware for Deep Learning", Stanford PhD thesis, 2017), which raises the threshold by a delta
+at every pruning iteration; here the delta is the same every round, q_l · quality_growth.
+
+std_l is recomputed at every round, from the weights as they are then. ``std_over`` picks
+the weights it is taken over: ``all`` (default) the layer's whole weight tensor, the zeros
+pruned in earlier rounds included; ``kept`` only the still-unpruned weights, which makes a
+fixed quality prune more every round. (Distiller's SensitivityPruner, another reading of
+Han, instead computes the std once, at its first pruning, and keeps that absolute threshold
+for every later round.) Pruned weights never come back (masks).
 """
 from __future__ import annotations
 
