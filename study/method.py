@@ -15,7 +15,6 @@ This module imports nothing of any concrete method.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -109,7 +108,6 @@ class Method:
         self.masks = {k: v.to(device) for k, v in state.get("masks", {}).items()}
 
 
-
 @dataclass
 class ThresholdParams(MethodParams):
     """λ and T of a method that shrinks weights while training and prunes |w| < T.
@@ -122,8 +120,8 @@ class ThresholdParams(MethodParams):
     def __post_init__(self) -> None:
         for name in ("lam", "threshold"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value < 0:
+            # the chained comparison is False for NaN, negative and infinite values
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ValueError(f"{name} must be >= 0 and finite, got {value!r}")
 
 
@@ -138,6 +136,7 @@ class ThresholdMethod(Method):
     def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
         if phase == "sparsify":
             self.threshold_prune(model, self.params.threshold)
+
 
 def check_fields(obj: object, checks: dict[str, bool], prefix: str = "invalid ", suffix: str = "") -> None:
     """Raise a one-line ValueError naming the first field whose check is False and its value."""
