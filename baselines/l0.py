@@ -20,9 +20,9 @@ and per sample" as in the paper's code, where each gate pays λ per weight it co
 the total is divided by N, and the L2 term is re-weighted by the probability that the
 gate is on. The authors' code also puts the L2 term on the biases (``bias_decay``, default
 on; off gives the L2 term on the weights only): a Linear layer's bias plainly, a gated conv
-channel's bias re-weighted by its gate's P(z ≠ 0). At test time the gate is deterministic, z = clamp(sigmoid(log α)(ζ−γ)+γ, 0, 1);
-a weight whose test gate is exactly 0 is pruned, and the effective weights are
-weight × test gate.
+channel's bias re-weighted by its gate's P(z ≠ 0). At test time the gate is deterministic,
+z = clamp(sigmoid(log α)(ζ−γ)+γ, 0, 1); a weight whose test gate is exactly 0 is pruned,
+and the effective weights are weight × test gate.
 
 Optimizer: the paper trains with Adam (lr 1e-3), whose per-parameter step moves log α by
 about lr per step however small its gradient. Under plain SGD the penalty's gradient on a
