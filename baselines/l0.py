@@ -19,8 +19,8 @@ input unit, in·kh·kw for a Conv channel) and N the training-set size: λ is "p
 and per sample" as in the paper's code, where each gate pays λ per weight it controls,
 the total is divided by N, and the L2 term is re-weighted by the probability that the
 gate is on. The authors' code also puts the L2 term on the biases (``bias_decay``, default
-on; off gives the L2 term on the weights only): a Linear layer's bias plainly, a gated conv
-channel's bias re-weighted by its gate's P(z ≠ 0). At test time the gate is deterministic,
+on; off gives the L2 term on the weights only): plainly, except that a conv channel's bias
+behind a neuron gate is re-weighted by that gate's P(z ≠ 0). At test time the gate is deterministic,
 z = clamp(sigmoid(log α)(ζ−γ)+γ, 0, 1); a weight whose test gate is exactly 0 is pruned,
 and the effective weights are weight × test gate.
 
