@@ -106,6 +106,36 @@ class Method:
         self.masks = {k: v.to(device) for k, v in state.get("masks", {}).items()}
 
 
+@dataclass
+class ThresholdParams(MethodParams):
+    """λ and T of a method that shrinks weights while training and prunes |w| < T.
+
+    Subclasses redeclare both fields with their own defaults and comments."""
+
+    lam: float = 0.0  # λ: how strongly weights are shrunk (the subclass says how)
+    threshold: float = 0.0  # T: |w| < T is pruned at the end of every sparsify epoch
+
+    def __post_init__(self) -> None:
+        for name in ("lam", "threshold"):
+            value = getattr(self, name)
+            # the chained comparison is False for NaN, negative and infinite values
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be >= 0 and finite, got {value!r}")
+
+
+class ThresholdMethod(Method):
+    """The sensitivity method's procedure with another shrinkage: the subclass shrinks weights
+    in both phases (a penalty or an update, strength λ) and, at the end of every sparsify epoch,
+    every prunable weight with |w| < T is zeroed and masked."""
+
+    Params: ClassVar[type[MethodParams]] = ThresholdParams
+    params: ThresholdParams
+
+    def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
+        if phase == "sparsify":
+            self.threshold_prune(model, self.params.threshold)
+
+
 def check_fields(obj: object, checks: dict[str, bool], prefix: str = "invalid ", suffix: str = "") -> None:
     """Raise a one-line ValueError naming the first field whose check is False and its value."""
     for name, ok in checks.items():
