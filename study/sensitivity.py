@@ -216,7 +216,9 @@ class _Backward:
         per_class = [torch.autograd.grad(self.y, self.zs, g, allow_unused=True,
                                          retain_graph=self.retain or not last or i < len(rows) - 1)
                      for i, g in enumerate(grad_out)]
-        grads = [None if per_class[0][i] is None else torch.stack([g[i] for g in per_class])
+        grads = [None if per_class[0][i] is None
+                 else per_class[0][i].unsqueeze(0) if len(rows) == 1
+                 else torch.stack([g[i] for g in per_class])
                  for i in range(len(self.zs))]
         return self._fill(grads, len(rows))
 
@@ -260,11 +262,14 @@ def _derivative_chunks(backward: _Backward, target: Tensor, kind: str, aggregate
         return
     if class_chunk is None:
         class_chunk = DELTA_ELEMENTS // max(1, sum(z.numel() for z in backward.zs))
-    step = max(1, min(classes, class_chunk))
-    for k in range(0, classes, step):
+    k = 0
+    while k < classes:
+        # Without batched backwards, one class at a time: its δ is used before the next exists.
+        step = max(1, min(classes, class_chunk)) if backward.batched else 1
         rows = range(k, min(k + step, classes))
         groups = [(i, None) for i in range(len(rows))] if aggregate == "batch" else None
         yield backward.classes(rows, last=rows.stop == classes), _Weights(coef / classes, groups)
+        k = rows.stop
 
 
 # -- per-layer sensitivities ---------------------------------------------------------------------
@@ -273,15 +278,22 @@ def _abs_sum(t: Tensor, dims: int | tuple[int, ...]) -> Tensor:
     return t.abs().sum(dims)
 
 
-def _linear_sensitivity(a: Tensor, abs_a: Tensor, delta: Tensor, w: _Weights,
+def _rank_one(layer: nn.Module, a: Tensor, w: _Weights) -> bool:
+    """A Linear layer applied once per sample (input (B, I)) under a per-sample aggregate: its
+    per-sample gradient δ aᵀ is rank one, so |δ aᵀ| = |δ||a|ᵀ and S_W = Dᵀ|A| with
+    D = Σ_k coef·|δ_k| (B, O), summed over the chunks of classes before the one matmul."""
+    return isinstance(layer, nn.Linear) and a.dim() == 2 and w.groups is None
+
+
+def _linear_sensitivity(a: Tensor, delta: Tensor, w: _Weights,
                         bias: bool) -> tuple[Tensor, Tensor | None]:
-    """Linear layer. a, abs_a = |a|: (B, ..., I); delta: (K, B, ..., O).
-    Returns (S_W (O, I), S_b (O,) or None)."""
+    """Linear layer that is not rank one (batch aggregate, or applied at P positions per
+    sample). a: (B, ..., I); delta: (K, B, ..., O). Returns (S_W (O, I), S_b (O,) or None)."""
     k, batch = delta.shape[:2]
-    delta = delta.reshape(k, batch, -1, delta.shape[-1])   # (K, B, P, O); P > 1 for sequences
+    delta = delta.reshape(k, batch, -1, delta.shape[-1])   # (K, B, P, O)
+    a = a.reshape(batch, -1, a.shape[-1])                  # (B, P, I)
     if w.groups is not None:
         # Per group, the batch-summed gradient is one matmul: (O, B·P) @ (B·P, I).
-        a = a.reshape(batch, -1, a.shape[-1])
         s_w = torch.zeros(delta.shape[-1], a.shape[-1], dtype=delta.dtype, device=delta.device)
         s_b = torch.zeros(delta.shape[-1], dtype=delta.dtype, device=delta.device) if bias else None
         for row, idx in w.groups:
@@ -292,12 +304,6 @@ def _linear_sensitivity(a: Tensor, abs_a: Tensor, delta: Tensor, w: _Weights,
                 s_b += d.sum(0).abs_()
         return s_w.mul_(w.coef), None if s_b is None else s_b.mul_(w.coef)
     s_b = _abs_sum(delta.sum(2), (0, 1)).mul_(w.coef) if bias else None
-    abs_a = abs_a.reshape(batch, -1, abs_a.shape[-1])
-    if abs_a.shape[1] == 1:
-        # Rank one per sample: |δ aᵀ| = |δ||a|ᵀ, so S_W = coef · Dᵀ|A| with D = Σ_k |δ_k|.
-        d = _abs_sum(delta[:, :, 0], 0).mul_(w.coef)       # (B, O)
-        return d.T @ abs_a[:, 0], s_b
-    a = a.reshape(batch, -1, a.shape[-1])
     return _per_sample_abs_sum(a.transpose(1, 2), delta.transpose(2, 3), 1, w.coef), s_b
 
 
@@ -345,10 +351,36 @@ def _unfold(conv: nn.modules.conv._ConvNd, a: Tensor) -> Tensor:
     return a.reshape(a.shape[0], -1, math.prod(a.shape[2 + dims:]))
 
 
-def _conv_sensitivity(conv: nn.modules.conv._ConvNd, a: Tensor, delta: Tensor, mode: str,
-                      w: _Weights, bias: bool) -> tuple[Tensor, Tensor | None]:
-    """Conv layer. a: (B, C_in, *spatial) input; delta: (K, B, C_out, *out_spatial)."""
-    a = _padded_input(conv, a)
+class _Inputs:
+    """The forms of each layer's captured input that the chunks of classes share (|a|, the
+    padded conv input, its unfolded columns), computed once; a form larger than DELTA_ELEMENTS
+    entries is recomputed per chunk instead of kept."""
+
+    def __init__(self, layers: dict[str, nn.Module], inputs: dict[str, Tensor]) -> None:
+        self.layers, self.inputs = layers, inputs
+        self.cache: dict[tuple[str, str], Tensor] = {}
+
+    def get(self, name: str, form: str) -> Tensor:
+        if (name, form) in self.cache:
+            return self.cache[name, form]
+        layer, a = self.layers[name], self.inputs[name]
+        if form == "abs":
+            value = a.abs()
+        elif form == "padded":
+            value = _padded_input(layer, a)
+        elif form == "abs_padded":
+            value = self.get(name, "padded").abs()
+        else:  # "cols"
+            value = _unfold(layer, self.get(name, "padded"))
+        if value.numel() <= DELTA_ELEMENTS:
+            self.cache[name, form] = value
+        return value
+
+
+def _conv_sensitivity(conv: nn.modules.conv._ConvNd, inputs: _Inputs, name: str, delta: Tensor,
+                      mode: str, w: _Weights, bias: bool) -> tuple[Tensor, Tensor | None]:
+    """Conv layer ``name``: its input (B, C_in, *spatial); delta: (K, B, C_out, *out_spatial)."""
+    a = inputs.get(name, "padded")
     weight_grad = _CONV_WEIGHT_GRAD[len(conv.kernel_size)]
 
     def wgrad(x: Tensor, d: Tensor) -> Tensor:
@@ -369,8 +401,8 @@ def _conv_sensitivity(conv: nn.modules.conv._ConvNd, a: Tensor, delta: Tensor, m
     s_b = _abs_sum(delta.sum(spatial), (0, 1)).mul_(w.coef) if bias else None
     if mode == "bound":
         # Σ_p |δ_p||a_p|ᵀ ≥ |Σ_p δ_p a_pᵀ|: an upper bound, one weight-gradient convolution.
-        return wgrad(a.abs(), _abs_sum(delta, 0)).mul_(w.coef), s_b
-    cols = _unfold(conv, a)
+        return wgrad(inputs.get(name, "abs_padded"), _abs_sum(delta, 0)).mul_(w.coef), s_b
+    cols = inputs.get(name, "cols")
     flat = delta.reshape(*delta.shape[:3], -1)
     return _per_sample_abs_sum(cols, flat, conv.groups, w.coef).reshape(conv.weight.shape), s_b
 
@@ -383,30 +415,32 @@ def _from_graph(layers: dict[str, nn.Module], capture: _Capture, y: Tensor, targ
     names = [n for n in layers if n in capture.outputs]  # layers the forward pass ran
     zs = [capture.outputs[n] for n in names]
     has_conv = any(isinstance(layers[n], nn.modules.conv._ConvNd) for n in names)
-    backward = _Backward(y, zs, batched=True, retain=retain)
-    abs_inputs: dict[str, Tensor] = {}  # |a| of each Linear layer, shared by the class chunks
+    backward = _Backward(y, zs, batched=not has_conv, retain=retain)
+    inputs = _Inputs(layers, capture.inputs)
 
     # S is a sum over classes, so each chunk of classes adds its part: only one chunk's δ
     # (K × B × every layer's output) exists at a time.
-    totals: dict[str, tuple[Tensor, Tensor | None]] = {}
+    totals: dict[str, list[Tensor | None]] = {}  # name -> [S_W, S_b]
+    d_totals: dict[str, Tensor] = {}             # rank-one Linear layers: name -> D (B, O)
     for deltas, w in _derivative_chunks(backward, target, kind, aggregate, class_chunk):
         with torch.no_grad():
             for name, delta in zip(names, deltas):
                 layer, a = layers[name], capture.inputs[name]
+                if _rank_one(layer, a, w):
+                    d = _abs_sum(delta, 0).mul_(w.coef)
+                    d_totals[name] = d if name not in d_totals else d_totals[name].add_(d)
+                    continue
                 bias = scope == "all" and layer.bias is not None
                 if isinstance(layer, nn.Linear):
-                    if name not in abs_inputs and w.groups is None:
-                        abs_inputs[name] = a.abs()
-                    s_w, s_b = _linear_sensitivity(a, abs_inputs.get(name, a), delta, w, bias)
+                    s_w, s_b = _linear_sensitivity(a, delta, w, bias)
                 else:
-                    s_w, s_b = _conv_sensitivity(layer, a, delta, conv, w, bias)
-                if name in totals:
-                    totals[name][0].add_(s_w)
-                    if s_b is not None:
-                        totals[name][1].add_(s_b)
-                else:
-                    totals[name] = (s_w, s_b)
+                    s_w, s_b = _conv_sensitivity(layer, inputs, name, delta, conv, w, bias)
+                _add(totals, name, s_w, s_b)
         del deltas  # free this chunk's δ before the next backward
+    with torch.no_grad():
+        for name, d in d_totals.items():
+            bias = scope == "all" and layers[name].bias is not None
+            _add(totals, name, d.T @ inputs.get(name, "abs"), d.sum(0) if bias else None)
 
     result: dict[str, Tensor] = {}
     for name, layer in layers.items():
@@ -421,6 +455,15 @@ def _from_graph(layers: dict[str, nn.Module], capture: _Capture, y: Tensor, targ
         if scope == "all" and layer.bias is not None:
             result[f"{prefix}bias"] = s_b.reshape(layer.bias.shape).to(layer.bias.dtype)
     return result
+
+
+def _add(totals: dict[str, list[Tensor | None]], name: str, s_w: Tensor, s_b: Tensor | None) -> None:
+    if name not in totals:
+        totals[name] = [s_w, s_b]
+        return
+    totals[name][0].add_(s_w)
+    if s_b is not None:
+        totals[name][1].add_(s_b)
 
 
 def _check_output(logits: Tensor, batch: int) -> None:

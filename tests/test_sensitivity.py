@@ -188,13 +188,14 @@ def recording_grad(monkeypatch, fail_batched=False):
 
 
 def test_automatic_class_chunk_keeps_delta_under_the_budget(monkeypatch):
-    """None: the most classes whose δ (chunk × Σ numel(z)) fit DELTA_ELEMENTS, at least one."""
+    """None: the most classes whose δ (chunk × Σ numel(z)) fit DELTA_ELEMENTS, at least one.
+    (Batched backwards: a model without conv layers; with them, see the next test.)"""
     torch.manual_seed(9)
-    model = convnet(True)
-    x, target = batch_for("conv")
+    model = mlp(True)
+    x, target = batch_for("mlp")
     want = sensitivity(model, x, target, "unspec", scope="all")
-    # Layer outputs per batch: conv1 (5, 3, 4, 5), conv2 (5, 4, 4, 4), linear (5, 3).
-    per_class = 5 * 3 * 4 * 5 + 5 * 4 * 4 * 4 + 5 * 3
+    # Layer outputs per batch: (5, 5), (5, 4), (5, 3).
+    per_class = 5 * 5 + 5 * 4 + 5 * 3
     calls = recording_grad(monkeypatch)
     for budget, chunks in ((3 * per_class, [3]), (3 * per_class - 1, [2, 1]),
                            (2 * per_class - 1, [1, 1, 1]), (1, [1, 1, 1])):
@@ -213,11 +214,26 @@ def test_automatic_class_chunk_keeps_delta_under_the_budget(monkeypatch):
     assert calls == [((5, CLASSES), False)]
 
 
+def test_conv_models_take_one_backward_per_class(monkeypatch):
+    """vmap has no batching rule for the conv and pooling backwards (it loops and copies), so a
+    model with conv layers gets one plain backward per class, whatever the class chunk."""
+    torch.manual_seed(9)
+    model = convnet(True)
+    x, target = batch_for("conv")
+    want = sensitivity(model, x, target, "unspec", scope="all")
+    calls = recording_grad(monkeypatch)
+    for chunk in (None, 1, 2, 3):
+        calls.clear()
+        assert_close(sensitivity(model, x, target, "unspec", scope="all", class_chunk=chunk), want,
+                     rtol=1e-12)
+        assert calls == [((5, CLASSES), False)] * CLASSES
+
+
 def test_fallback_without_batched_backward(monkeypatch):
     """If the batched backward is unavailable, one backward per class gives the same S."""
     torch.manual_seed(8)
-    model = convnet(True)
-    x, target = batch_for("conv")
+    model = mlp(True)  # batched backwards apply (no conv layer)
+    x, target = batch_for("mlp")
     want = sensitivity(model, x, target, "unspec", scope="all")
     grad = torch.autograd.grad
 
@@ -232,8 +248,8 @@ def test_fallback_without_batched_backward(monkeypatch):
 
 def test_fallback_is_tried_once_per_call_with_class_chunks(monkeypatch):
     torch.manual_seed(8)
-    model = convnet(True)
-    x, target = batch_for("conv")
+    model = mlp(True)  # batched backwards apply (no conv layer)
+    x, target = batch_for("mlp")
     want = sensitivity(model, x, target, "unspec", scope="all")
     calls = recording_grad(monkeypatch, fail_batched=True)
     assert_close(sensitivity(model, x, target, "unspec", scope="all", class_chunk=2), want, rtol=1e-12)
