@@ -24,24 +24,27 @@ per-sample Python loops):
 * **From the step's own forward.** ``SensitivityMethod.forward`` runs the training step's forward
   with hooks that capture, per Linear/Conv layer, its input ``a`` and its output ``z`` (before the
   activation), and computes S right there from that graph, before the loss backward frees it:
-  no second forward. This is exact when the train-mode forward treats samples independently and
+  no second forward, and no retained graph for the loop to manage (the backward passes below
+  retain it for the loss backward, which then frees it as in a plain step). This is exact when the train-mode forward treats samples independently and
   deterministically, i.e. unless a module in train mode is dropout, BatchNorm, InstanceNorm with
   running statistics, RReLU or MultiheadAttention with dropout (``step_forward_is_exact``; a
   custom module whose forward reads ``self.training`` is not detected). Otherwise, or when no
   graph reaches a layer's output (a frozen first layer), ``after_backward`` falls back to
   :func:`sensitivity`: a separate forward in eval mode on the same batch, at the same weights.
 * One backward (specific) or batched backwards over the C classes (unspecific,
-  ``is_grads_batched``; one backward per class when the graph has a conv layer, whose batched
-  backward is slower than a loop in torch 2.x) give δ = ∂y_k/∂z per sample.
+  ``is_grads_batched``) give δ = ∂y_k/∂z per sample. A graph with a conv layer gets one plain
+  backward per class instead: vmap has no batching rule for the conv and pooling backwards, and
+  its own loop plus the stacking costs more than the plain loop (measured on CPU, torch 2.x).
 * **Class chunking** (unspecific): δ for K classes holds K × Σ_layers numel(z) entries (for
   VGG-16 on ImageNet, C = 1000 copies of every activation of the batch), so the classes are
   processed ``class_chunk`` at a time: per chunk one backward (graph retained) whose δ is turned
   into that chunk's share of S and freed. S is a sum over classes, so the result does not depend
   on the chunk size. By default the chunk is the largest that keeps chunk × Σ_layers numel(z) ≤
-  DELTA_ELEMENTS (at least one class): one chunk at MNIST scale.
+  DELTA_ELEMENTS (at least one class): one chunk at MNIST scale. With one backward per class,
+  each class's δ is used before the next one exists.
 * **Linear** layers: the per-sample gradient δ aᵀ is rank one, so |δ aᵀ| = |δ||a|ᵀ and
-  S_W = c · Dᵀ|A| exactly, with D = Σ_k α_k |δ_k| and c the aggregate's 1/B, 1 or 1/B² (one
-  matmul per layer and chunk).
+  S_W = c · Dᵀ|A| exactly, with D = Σ_k α_k |δ_k| summed over all chunks of classes and c the
+  aggregate's 1/B, 1 or 1/B² (one matmul per layer).
 * **Conv** layers: the per-sample gradient Σ_p δ_p a_pᵀ sums over output positions p, so the
   absolute value does not factor. ``conv="exact"`` unfolds the input and forms, per sample, all
   (K classes × C_out) × C_in·Πkernel gradient entries with one batched matmul over positions,
@@ -689,11 +692,11 @@ class SensitivityMethod(Method):
         out: dict[str, float] = {}
         for name, s in self.epoch_sensitivity().items():
             mask = self.masks.get(name)
-            values = (s if mask is None else s[mask]).flatten().float()
+            values = (s if mask is None else s[mask]).flatten()
             if values.numel() == 0:
                 continue
             layer = sparsity.layer_of(name)
-            q10, q50, q90 = quantiles(values, (0.1, 0.5, 0.9))
+            q10, q50, q90 = quantiles(values.float(), (0.1, 0.5, 0.9))
             stats = {"q10": q10, "q50": q50, "q90": q90, "mean": values.mean().item(),
                      "frac_ge1": (values >= 1).float().mean().item(),
                      "frac_zero": (values == 0).float().mean().item()}
