@@ -611,6 +611,10 @@ class SensitivityMethod(Method):
         self._steps = 0
         self._epoch_over = False                      # the next step starts a new epoch's sums
 
+    def __getstate__(self) -> dict:
+        # The plan holds a weak reference (not picklable) and is rebuilt on the next step.
+        return {**self.__dict__, "_plan": None}
+
     def _plan_for(self, model: nn.Module) -> _Plan:
         if self._plan is None or self._plan.model() is not model:
             self._plan = _Plan(weakref.ref(model), sparsity.prunable_layers(model),

@@ -171,3 +171,20 @@ def test_class_chunk_reaches_sensitivity_and_changes_nothing(monkeypatch, class_
     assert seen == [passed]  # 0 (the MLflow-friendly "automatic") becomes None
     want = sensitivity(model, x, y, kind="unspec")
     assert all(torch.allclose(s[name], want[name], rtol=1e-12, atol=0) for name in want)
+
+
+def test_method_pickles_after_a_step_and_keeps_its_statistics():
+    """Its cached view of the model holds a weak reference; pickling drops it and the next step
+    rebuilds it (e.g. when a trainer object is sent to another process)."""
+    import pickle
+
+    model = tiny_model()
+    x, y = tiny_batch()
+    method = SensitivitySpec(SensitivityParams(lam=0.01), CONTEXT)
+    method.attach(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_step(model, method, optimizer, x, y)
+    copy_ = pickle.loads(pickle.dumps(method))
+    assert copy_.epoch_metrics(model) == method.epoch_metrics(model)
+    train_step(model, copy_, optimizer, x, y)
+    assert copy_._steps == 2
