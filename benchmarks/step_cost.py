@@ -95,16 +95,20 @@ def timer(name: str, args: argparse.Namespace, bundle, device: str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-root", default=None, help="where data sets live (as `study train`)")
     parser.add_argument("--arch", default="lenet300")
     parser.add_argument("--data-option", action="append", metavar="KEY=VALUE")
-    parser.add_argument("--methods", default="none,weight-decay,l1,sensitivity-unspec,sensitivity-spec,l0,sparse-vd")
+    parser.add_argument("--methods",
+                        default="none,weight-decay,l1,sensitivity-unspec,sensitivity-spec,l0,sparse-vd")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=30, help="timed steps per method")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (epochs with --epochs) first")
-    parser.add_argument("--epochs", type=int, default=0, help="time this many whole epochs per method instead of steps")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed steps first (with --epochs: one untimed epoch, or none if 0)")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="time this many whole epochs per method instead of steps")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",

@@ -23,14 +23,15 @@ per-sample Python loops):
 
 * **From the step's own forward.** ``SensitivityMethod.forward`` runs the training step's forward
   with hooks that capture, per Linear/Conv layer, its input ``a`` and its output ``z`` (before the
-  activation), and computes S right there from that graph, before the loss backward frees it:
-  no second forward, and no retained graph for the loop to manage (the backward passes below
-  retain it for the loss backward, which then frees it as in a plain step). This is exact when the train-mode forward treats samples independently and
-  deterministically, i.e. unless a module in train mode is dropout, BatchNorm, InstanceNorm with
-  running statistics, RReLU or MultiheadAttention with dropout (``step_forward_is_exact``; a
-  custom module whose forward reads ``self.training`` is not detected). Otherwise, or when no
-  graph reaches a layer's output (a frozen first layer), ``after_backward`` falls back to
-  :func:`sensitivity`: a separate forward in eval mode on the same batch, at the same weights.
+  activation), and computes S right there from that graph, before the loss backward frees it: no
+  second forward, and no retained graph for the loop to manage (the backward passes below retain
+  it for the loss backward, which then frees it as in a plain step). This is exact when the
+  train-mode forward treats samples independently and deterministically, i.e. unless a module in train
+  mode is dropout, BatchNorm, InstanceNorm with running statistics, RReLU or MultiheadAttention
+  with dropout (``step_forward_is_exact``; a custom module whose forward reads ``self.training``
+  is not detected). Otherwise, or when no graph reaches a layer's output (a frozen first layer),
+  ``after_backward`` falls back to :func:`sensitivity`: a separate forward in eval mode on the
+  same batch, at the same weights.
 * One backward (specific) or batched backwards over the C classes (unspecific,
   ``is_grads_batched``) give δ = ∂y_k/∂z per sample. A graph with a conv layer gets one plain
   backward per class instead: vmap has no batching rule for the conv and pooling backwards, and
