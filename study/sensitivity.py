@@ -120,26 +120,48 @@ def _check_class_chunk(value: object) -> None:
 
 # -- capturing layer inputs and outputs --------------------------------------------------------
 class _Capture:
-    """Forward hooks that record each prunable layer's input and output for one forward pass."""
+    """Forward hooks that record each prunable layer's input and output for one forward pass.
 
-    def __init__(self, layers: dict[str, nn.Module]) -> None:
+    δ must be the derivative with respect to the layer's output as the layer produced it. An
+    in-place operation on it afterwards (``nn.ReLU(inplace=True)``, as in VGG) would rebase it
+    onto the activation's output; with ``clone`` the layer passes a copy downstream instead, so
+    that the recorded output stays untouched (the forward's values do not change).
+    ``modified()`` tells, after the forward, whether a recorded tensor was changed in place
+    anyway (a functional in-place operation that no module flag announces).
+    """
+
+    def __init__(self, layers: dict[str, nn.Module], clone: bool = False) -> None:
         self.inputs: dict[str, Tensor] = {}
         self.outputs: dict[str, Tensor] = {}
+        self.versions: dict[str, tuple[int, int]] = {}
+        self.clone = clone
         self.handles = [m.register_forward_hook(self._hook(name)) for name, m in layers.items()]
 
     def _hook(self, name: str):
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
             if name in self.outputs:
                 # A second call would add a second term to the per-sample gradient.
                 raise ValueError(f"layer {name!r} runs more than once per forward; "
                                  "shared layers are not supported by sensitivity()")
             self.inputs[name] = inputs[0].detach()
             self.outputs[name] = output
+            self.versions[name] = (inputs[0]._version, output._version)
+            return output.clone() if self.clone else None
         return hook
+
+    def modified(self) -> list[str]:
+        """The layers whose recorded input or output an in-place operation changed."""
+        return [name for name, (a, z) in self.versions.items()
+                if self.inputs[name]._version != a or self.outputs[name]._version != z]
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def _has_inplace(model: nn.Module) -> bool:
+    """Whether a module announces an in-place operation (``inplace=True``: ReLU, Dropout, …)."""
+    return any(getattr(m, "inplace", False) is True for m in model.modules())
 
 
 _MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm, nn.RReLU,
@@ -515,7 +537,7 @@ def sensitivity(
         raise ValueError(f"sensitivity(): need a non-empty batch with target of shape ({x.shape[0]},), "
                          f"got x {tuple(x.shape)} and target {tuple(target.shape)}")
 
-    capture = _Capture(layers)
+    capture = _Capture(layers, clone=_has_inplace(model))
     try:
         with _EvalMode(model), torch.enable_grad():
             # An input that requires grad keeps every layer output in the graph, frozen or not.
@@ -524,6 +546,11 @@ def sensitivity(
             y = logits.softmax(1) if output == "softmax" else logits
     finally:
         capture.remove()
+    if capture.modified():
+        raise ValueError(f"sensitivity(): an in-place operation changed the input or output of "
+                         f"layer {capture.modified()[0]!r} after it ran; S needs them as the layer "
+                         "saw and produced them (use an out-of-place activation, or a module with "
+                         "inplace=True, which sensitivity() handles)")
     _check_target(target, kind, y.shape[1])
     return _from_graph(layers, capture, y, target, kind, aggregate, scope, conv, class_chunk,
                        retain=False)
@@ -587,6 +614,7 @@ class _Plan:
     layers: dict[str, nn.Module]
     params: dict[str, Tensor]
     mode_dependent: list[nn.Module]  # the modules step_forward_is_exact looks at
+    inplace: bool                    # a module works in place: capture with clones
 
 
 class SensitivityMethod(Method):
@@ -620,7 +648,8 @@ class SensitivityMethod(Method):
         if self._plan is None or self._plan.model() is not model:
             self._plan = _Plan(weakref.ref(model), sparsity.prunable_layers(model),
                                dict(model.named_parameters()),
-                               [m for m in model.modules() if isinstance(m, _MODE_DEPENDENT)])
+                               [m for m in model.modules() if isinstance(m, _MODE_DEPENDENT)],
+                               _has_inplace(model))
         return self._plan
 
     def compute_sensitivity(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
@@ -636,14 +665,14 @@ class SensitivityMethod(Method):
         plan = self._plan_for(model)
         if not torch.is_grad_enabled() or any(_differs_in_train_mode(m) for m in plan.mode_dependent):
             return model(x)
-        capture = _Capture(plan.layers)
+        capture = _Capture(plan.layers, clone=plan.inplace)
         try:
             logits = model(x)
         finally:
             capture.remove()
         if logits.dim() != 2 or logits.shape[0] != x.shape[0] or not logits.requires_grad \
                 or not all(z.requires_grad for z in capture.outputs.values()) \
-                or y.shape != (x.shape[0],):
+                or y.shape != (x.shape[0],) or capture.modified():
             return logits  # after_backward's separate pass handles (and reports) this case
         p = self.params  # labels are checked by the loss (and scatter); no sync here
         out = logits.softmax(1) if p.output == "softmax" else logits

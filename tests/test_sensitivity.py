@@ -530,3 +530,37 @@ def test_step_forward_is_exact_names_the_mode_dependent_modules():
         assert not step_forward_is_exact(model.train()), module
         assert step_forward_is_exact(model.eval()), module
     assert step_forward_is_exact(nn.Sequential(nn.MultiheadAttention(2, 1)).train())
+
+
+def test_inplace_activation_matches_brute_force(monkeypatch):
+    """nn.ReLU(inplace=True) (as in VGG) after a layer must not turn δ into the derivative with
+    respect to the activation's output: both paths capture a copy."""
+    torch.manual_seed(16)
+    x, target = batch_for("mlp")
+    make = lambda: nn.Sequential(nn.Linear(6, 5), nn.ReLU(inplace=True), nn.Linear(5, 4),  # noqa: E731
+                                 nn.ReLU(inplace=True), nn.Linear(4, CLASSES)).double()
+    torch.manual_seed(16)
+    model = make()
+    for kind in KINDS:
+        want = brute_force(model, x, target, kind, "logits", "sample", "all")
+        assert_close(sensitivity(model, x, target, kind, scope="all"), want)
+        got, separate, before = step_and_record(monkeypatch, copy.deepcopy(model).train(), x, target,
+                                                kind, scope="all")
+        assert separate == 0
+        assert_close(got, want)
+
+
+def test_functional_inplace_change_of_a_layer_output_is_an_error(monkeypatch):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 5), nn.Linear(5, CLASSES)
+
+        def forward(self, x):
+            return self.b(self.a(x).relu_())  # no module flag announces this one
+
+    x, target = batch_for("mlp")
+    with pytest.raises(ValueError, match="in-place operation changed .* layer 'a'"):
+        sensitivity(Net().double(), x, target)
+    with pytest.raises(ValueError, match="in-place operation"):  # the step falls back, then says so
+        step_and_record(monkeypatch, Net().double(), x, target, "spec")
