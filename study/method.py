@@ -4,7 +4,8 @@ A method is a small class with typed hyperparameters (a dataclass ``Params``) an
 hooks that the loop calls in this order, every step and every epoch::
 
     attach(model)                      once, before the optimizer is built
-    loss = data_loss + penalty(model)  every step
+    out = forward(model, x, y)         every step: the step's own forward pass
+    loss = data_loss(out) + penalty(model)
     loss.backward(); after_backward(model, x, y)
     optimizer.step(); after_step(model) (then masks are re-applied)
     end_epoch(model, epoch, phase)     thresholding, prune/retrain schedules
@@ -60,6 +61,11 @@ class Method:
     # -- hooks ---------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
         """Set up what the method needs (gates, buffers). Called before the optimizer exists."""
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The step's forward pass: the model's output on x (y: the labels). A method that needs
+        this forward's graph overrides it; the loss backward frees the graph right after."""
+        return model(x)
 
     def penalty(self, model: nn.Module) -> Tensor | None:
         """A term added to the data loss, or None."""
