@@ -79,7 +79,7 @@ OBJECTIVE_METRICS: tuple[str, ...] = (
 # sensitivity statistics ``sens.<layer>.<stat>``.
 REMAINING_PREFIX = "remaining."
 SENS_PREFIX = "sens."
-SENS_STATS: tuple[str, ...] = ("q10", "q50", "q90", "mean", "frac_ge1")
+SENS_STATS: tuple[str, ...] = ("q10", "q50", "q90", "mean", "frac_ge1", "frac_zero")
 
 
 def remaining_key(layer: str) -> str:
@@ -122,6 +122,7 @@ TAG_TRIAL_ID = "study.trial_id"  # the Tune trial id, plus -s<seed> when a trial
 TAG_TUNE_TRIAL_ID = "study.tune_trial_id"
 TAG_ATTEMPTS = "study.attempts"
 TAG_DEVICE = "study.device"
+TAG_CREATE_TOKEN = "study.create_token"  # unique per created run: makes create_run retry-safe
 #: Which stage of a tune-then-confirm study a trial belongs to: the search (configurations
 #: compared on validation error) or the confirmation (each method's chosen configuration
 #: retrained on fresh seeds). Reports use the confirm runs where they exist.
