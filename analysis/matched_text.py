@@ -63,7 +63,8 @@ def sentence(row: Mapping) -> str:
     """One method of ``matched.compare``'s frame in one sentence (module docstring)."""
     method, ref, target = row["method"], row["reference"], fmt_target(row["target_error"])
     if not row["n_reached"]:
-        return (f"{method} does not reach {target} validation error in any of its "
+        who = f"{method} (the reference)" if ref and method == ref else method
+        return (f"{who} does not reach {target} validation error in any of its "
                 f"{_seeds(int(row['n_seeds']))} (lowest: {fmt_target(row['best_val_error'])}): "
                 "no compression at matched error.")
     notes = "".join(f"; {c}" for c in caveats(row))

@@ -166,6 +166,8 @@ def test_sentences():
                    "is a lower bound).")
     no_ref = matched_text.sentence(_row(verdict="no data", ratio=math.nan, n_reference=0))
     assert no_ref.endswith("(3 seeds); no seed of decay reaches it, so there is no ratio.")
+    assert matched_text.sentence(_row(method="decay", n_reached=0)).startswith(
+        "decay (the reference) does not reach 5 % validation error in any of its 3 seeds (lowest: 4 %)")
     alone = matched_text.sentence(_row(reference="", verdict="no data"))
     assert alone.startswith("sensitivity-spec reaches 3× [2.8, 3.2] compression at 5 %")
 
