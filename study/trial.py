@@ -174,6 +174,7 @@ class SeedRun:
                 rf.TAG_CONFIG_HASH: trial.study.get("config_hash", ""),
                 rf.TAG_STATUS: rf.RUNNING,
                 rf.TAG_ATTEMPTS: "1",
+                rf.TAG_STAGE: trial.study.get("stage", rf.STAGE_SEARCH),
             }
             if trial.study.get("git_commit"):
                 tags[rf.TAG_GIT_COMMIT] = trial.study["git_commit"]
