@@ -141,7 +141,8 @@ class Objective(_Section):
 class SearchSettings(_Section):
     kind: Literal["grid", "optuna"] = "grid"
     sampler: Literal["tpe", "nsga2"] = "tpe"
-    num_samples: int = Field(8, ge=1, description="Optuna: configurations to sample")
+    num_samples: int = Field(8, ge=1, description="Optuna: configurations to sample (in all; budget_per_method "
+                             "replaces it)")
     objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)
     seed: int = Field(0, description="the sampler's seed")
     population_size: int | None = Field(None, ge=2, description="NSGA-II population (default 50)")
@@ -160,10 +161,9 @@ class SearchSettings(_Section):
         return value
 
     @model_validator(mode="after")
-    def _one_budget(self) -> SearchSettings:
-        if self.budget_per_method is not None and "num_samples" in self.model_fields_set:
-            raise ValueError(f"search.budget_per_method ({self.budget_per_method}) replaces search.num_samples "
-                             f"({self.num_samples}): set one of them")
+    def _budget_options(self) -> SearchSettings:
+        # num_samples is not checked against budget_per_method, which replaces it: a validated
+        # study (study.yaml on the parent run) holds both and must validate again
         if self.allow_unequal and self.budget_per_method is None:
             raise ValueError("search.allow_unequal only applies with search.budget_per_method")
         return self
@@ -420,9 +420,11 @@ def _valid_fields(loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         info = model.model_fields.get(str(part))
         annotation = getattr(info, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        # an optional section (confirm: ConfirmSettings | None) names the model's fields too
+        options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        if not (len(options) == 1 and isinstance(options[0], type) and issubclass(options[0], BaseModel)):
             return []
-        model = annotation
+        model = options[0]
     return list(model.model_fields)
 
 
