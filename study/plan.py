@@ -414,7 +414,7 @@ def _budget_line(config: StudyConfig, rows: list[PlanRow]) -> str:
     if s.budget_per_method is None:
         return ""
     exempt = sorted({r.method for r in rows if str(r.configurations).endswith("*")})
-    text = f"\nequal budgets: {s.budget_per_method} configurations per method on validation error"
+    text = f"\nequal budgets: {s.budget_per_method} configurations per method"
     if exempt:
         text += f"; * exempt ({EXEMPT_REASON}): {', '.join(exempt)} trains its one configuration"
     if s.allow_unequal:

@@ -149,7 +149,7 @@ def test_equal_grid_budgets_are_enforced_naming_each_methods_grid_size() -> None
     rows = {r.method: r for r in plan(config)}
     assert [(rows[m].configurations, rows[m].trials) for m in equal] == [("1*", 2), (4, 8), (4, 8), (4, 8)]
     text = describe_plan(config)
-    assert "equal budgets: 4 configurations per method on validation error" in text
+    assert "equal budgets: 4 configurations per method;" in text
     assert "* exempt (no parameters to search): none trains its one configuration" in text
     allowed = study_from_dict({"methods": methods, "search": {"budget_per_method": 4, "allow_unequal": True}})
     assert {r.method: r.configurations for r in plan(allowed)}["weight-decay"] == 2
