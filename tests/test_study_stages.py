@@ -5,6 +5,7 @@ runs at matched error, and a study interrupted in either stage resumes without d
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 
 from study import runformat as rf
-from study.runner import read_state, run_study
+from study.runner import read_state, run_study, write_state
 from study.schema import study_from_dict
 from study.stages import choose_configurations
 from study.tracking import Tracker
@@ -176,3 +177,14 @@ def test_a_study_interrupted_in_its_confirm_stage_resumes_without_duplicate_runs
         assert _steps(config, run.info.run_id) == [1, 2, 3]  # every epoch logged exactly once
     (entry,) = read_state(config.output_path)["runs"]
     assert entry["complete"]
+
+    # stopped after the confirm stage began but before Tune saved its state: the confirm runs
+    # Tune cannot continue are deleted and the stage starts again, still one run per trial
+    shutil.rmtree(Path(second.confirm_tune_path))
+    write_state(config.output_path, {"runs": [{**entry, "complete": False}]})
+    third = run_study(config, resume=True)
+    assert third.complete and third.statuses == {"finished": 5 + 6}
+    again = _children(config)
+    assert len(again) == 11 and {r.info.run_id for r in again} >= {r.info.run_id for r in children if
+                                                                    r.data.tags[rf.TAG_STAGE] == rf.STAGE_SEARCH}
+    assert not {r.info.run_id for r in again} & {r.info.run_id for r in confirm}
