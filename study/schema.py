@@ -13,6 +13,13 @@ fields of the global ``train`` block for that method's trials only (``sparse-vd:
 {optimizer: adam, lr: 1.0e-3}}``). It is not searched; no method parameter may be called
 ``train``; and it may not set ``target_error``: every method is compared at the study's one
 target (``train.target_error``), which the report's selection uses.
+
+Two sections shape a fair comparison: ``search.budget_per_method`` (every method searched with
+the same number of configurations; grids of other sizes are rejected by
+:func:`study.plan.check_budgets` unless ``search.allow_unequal``) and ``confirm.seeds`` (the
+chosen configurations retrained on fresh seeds, none of them a search seed; see
+:mod:`study.stages`). In a multi-objective search ASHA judges every objective by Pareto rank
+(:mod:`study.pareto_asha`), so ``scheduler.metric`` is refused there.
 """
 from __future__ import annotations
 
