@@ -1,5 +1,7 @@
-"""What a study expands to: each method's parameter spaces, the trials of a grid search, and
-the plan that ``study validate`` prints.
+"""What a study expands to: each method's parameter spaces, its search budget, the trials of a
+grid search and of a confirm stage, and the plan that ``study validate`` prints. (One concept,
+the expansion of a study file, over 400 lines: the spaces, budgets and trials are what the plan
+prints, and splitting them would split one set of rules across files.)
 
 Each method's parameters (``methods.<method>.<param>`` in the study file) are given as one of:
 

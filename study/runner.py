@@ -49,8 +49,9 @@ from study.search import (  # noqa: E402
 )
 from study.tracking import Tracker, git_commit  # noqa: E402
 from study.tuners import (  # noqa: E402
-    Log, StageContext, _join, _stderr, constants, fit, make_tuner, restore,
+    Log, StageContext, constants, fit, make_tuner, restore, to_stderr,
 )
+from study.tuners import experiment_path as _join  # noqa: E402
 from study.tuners import study_constants as _study_constants  # noqa: E402,F401  (tests build trial configs)
 
 STATE_FILE = "study.json"
@@ -210,7 +211,7 @@ def run_study(
     resume: bool = False,
     source_text: str | None = None,
     hooks: dict[str, Any] | None = None,
-    log: Log = _stderr,
+    log: Log = to_stderr,
 ) -> StudyOutcome:
     """Run (or, with ``resume``, continue) a study; see the module docstring.
 

@@ -1,5 +1,6 @@
 """The study file: its validated schema, YAML loading, ``--set`` overrides, errors that name
-the field, and the checks against the registries.
+the field, and the checks against the registries. (One concept, the study file, over 400
+lines: every section and every check of a field lives next to its definition.)
 
 A study is one YAML file. Every field has a default that works on a laptop, so the smallest
 study file is ``{}``. Unknown fields are errors that name the field and the valid ones, and

@@ -20,11 +20,11 @@ from study.tracking import Tracker
 Log = Callable[[str], None]
 
 
-def _stderr(message: str) -> None:
+def to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _join(storage_path: str, name: str) -> str:
+def experiment_path(storage_path: str, name: str) -> str:
     """A Tune experiment's location: a local path or a URI (s3://..., gs://...)."""
     return f"{storage_path.rstrip('/')}/{name}"
 
@@ -33,8 +33,6 @@ def trial_dirname(trial: Any) -> str:
     """Short trial folders: the generated names hold the whole config and grow too long."""
     spec = trial.config.get("trial") or {}
     return f"{spec.get('method', 'trial')}-{trial.trial_id}"
-
-
 
 
 class StudyCallback(tune.Callback):
@@ -66,14 +64,14 @@ class StudyCallback(tune.Callback):
                        f"compression {r.get('compression', float('nan')):.2f}x")
         seeds = spec.get("seeds", [])
         who = f"{spec.get('method', '?')} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
-        _stderr(f"{self.label}[{self.ended}/{self.total}] {who}{' ' + params if params else ''}: {what}{numbers}")
+        to_stderr(f"{self.label}[{self.ended}/{self.total}] {who}{' ' + params if params else ''}: {what}{numbers}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
         try:
             self._close_open_runs(trial, rf.PRUNED, "FINISHED")
         except Exception as err:  # tracking trouble must not stop the study
-            _stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
+            to_stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
         if not r.get("final"):
             what = rf.PRUNED
         elif r.get("diverged_seeds"):
@@ -86,13 +84,11 @@ class StudyCallback(tune.Callback):
         try:
             self._close_open_runs(trial, rf.FAILED, "FAILED")
         except Exception as err:
-            _stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
+            to_stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
         self._line(trial, f"FAILED (see {trial.local_path})")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _stderr(f"trial {trial.trial_id} crashed; retrying from its last checkpoint")
-
-
+        to_stderr(f"trial {trial.trial_id} crashed; retrying from its last checkpoint")
 
 
 def study_constants(config: StudyConfig, tracking: dict[str, Any] | None, commit: str | None,
@@ -112,8 +108,6 @@ def study_constants(config: StudyConfig, tracking: dict[str, Any] | None, commit
     }
 
 
-
-
 @dataclass
 class StageContext:
     """What both stages of one run of a study share."""
@@ -128,8 +122,6 @@ class StageContext:
     log: Log
 
 
-
-
 def fit(tuner: Any, expected: int) -> bool:
     """Run a Tuner; whether every expected trial ended (finished, diverged, pruned or failed)."""
     results = tuner.fit()
@@ -137,15 +129,15 @@ def fit(tuner: Any, expected: int) -> bool:
     return len(results) >= expected and ended == len(results)
 
 
-
-
 def constants(ctx: StageContext, stage: str) -> dict[str, Any]:
+    """The study constants of one stage's trials, with the parent run they log under."""
     tracking = {"uri": ctx.tracker.tracking_uri, "experiment_id": ctx.experiment_id,
                 "parent_run_id": ctx.parent_run_id}
     return study_constants(ctx.config, tracking, ctx.commit, ctx.hooks, stage)
 
 
 def trainable(config: StudyConfig) -> Any:
+    """:func:`study.trial.run_trial` with the study's resources per trial."""
     from study.trial import run_trial
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables would drown our lines
@@ -155,13 +147,15 @@ def trainable(config: StudyConfig) -> Any:
 
 
 def restore(ctx: StageContext, tune_name: str) -> Any:
-    return tune.Tuner.restore(_join(ctx.storage_path, tune_name), trainable=trainable(ctx.config),
+    """The Tuner of a stopped stage: finished trials stay finished, the others continue."""
+    return tune.Tuner.restore(experiment_path(ctx.storage_path, tune_name), trainable=trainable(ctx.config),
                               resume_unfinished=True, resume_errored=True)
 
 
-def make_tuner(ctx: StageContext, tune_name: str, param_space: dict[str, Any], expected: int, *, label: str = "",
-           search_alg: Any = None, num_samples: int = 1, scheduler: Any = None,
-           max_concurrent_trials: int | None = None) -> Any:
+def make_tuner(ctx: StageContext, tune_name: str, param_space: dict[str, Any], expected: int, *,
+               label: str = "", search_alg: Any = None, num_samples: int = 1, scheduler: Any = None,
+               max_concurrent_trials: int | None = None) -> Any:
+    """A new Tuner for one stage; ``expected`` trials, ``label`` prefixes its progress lines."""
     r = ctx.config.resources
     return tune.Tuner(
         trainable(ctx.config),
