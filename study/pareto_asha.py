@@ -16,9 +16,15 @@ judges every objective instead:
   objective; with one objective the rule is ASHA's (ties kept);
 - a result with a missing or NaN objective ranks below every complete one.
 
+With ``per_method``, each method has rungs of its own: a trial is judged only against the
+trials of its own method, so that in a search with equal budgets no method's configurations
+are cut short because another method's trials are better (the budget stays equal in epochs,
+not only in configurations).
+
 Rungs, ``grace_period``, ``reduction_factor`` and ``max_t`` mean what they mean in Ray's
 ``ASHAScheduler`` (one bracket). :func:`study.search.make_scheduler` uses this scheduler for
-every search with more than one objective, and Ray's ASHA on the one objective otherwise.
+every search with more than one objective or with ``search.budget_per_method`` (then per
+method), and Ray's ASHA on the one objective otherwise.
 """
 from __future__ import annotations
 
@@ -73,10 +79,11 @@ class ParetoASHA(FIFOScheduler):
     objective is outside the best 1/η there (see the module docstring).
 
     ``objectives``: ``[(metric, "min" | "max"), ...]``, read from each result Tune reports.
+    ``per_method``: separate rungs per method (the trial config's ``trial.method``).
     """
 
     def __init__(self, objectives: Sequence[tuple[str, str]], *, max_t: int, grace_period: int,
-                 reduction_factor: float, time_attr: str = "training_iteration") -> None:
+                 reduction_factor: float, time_attr: str = "training_iteration", per_method: bool = False) -> None:
         if not objectives:
             raise ValueError("ParetoASHA needs at least one objective")
         if not 0 < grace_period <= max_t:
@@ -89,8 +96,9 @@ class ParetoASHA(FIFOScheduler):
         self.time_attr, self.max_t, self.reduction_factor = time_attr, max_t, reduction_factor
         count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
         # milestones in descending order, as Ray's ASHA: a result counts at the highest it reached
-        self.rungs: list[tuple[float, dict[str, list[float]]]] = [
-            (grace_period * reduction_factor ** k, {}) for k in reversed(range(count))]
+        self.milestones = [grace_period * reduction_factor ** k for k in reversed(range(count))]
+        self.per_method = per_method
+        self.rungs: dict[str, list[tuple[float, dict[str, list[float]]]]] = {}  # group -> rungs
         self.num_stopped = 0
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -105,10 +113,16 @@ class ParetoASHA(FIFOScheduler):
             values.append(sign * float(value))
         return values
 
-    def decide(self, trial_id: str, iteration: float, vector: list[float]) -> str:
-        """Record ``vector`` at the highest rung ``iteration`` reached that has no result of this
-        trial yet, and say CONTINUE or STOP (the trial's one decision at that rung)."""
-        for milestone, recorded in self.rungs:
+    def _group(self, trial: Any) -> str:
+        if not self.per_method:
+            return ""
+        return str(((getattr(trial, "config", None) or {}).get("trial") or {}).get("method", ""))
+
+    def decide(self, trial_id: str, iteration: float, vector: list[float], group: str = "") -> str:
+        """Record ``vector`` at the highest rung of ``group`` that ``iteration`` reached and that
+        has no result of this trial yet, and say CONTINUE or STOP (its one decision there)."""
+        rungs = self.rungs.setdefault(group, [(m, {}) for m in self.milestones])
+        for milestone, recorded in rungs:
             if iteration < milestone or trial_id in recorded:
                 continue
             keep = keeps(list(recorded.values()), vector, self.reduction_factor)
@@ -120,7 +134,7 @@ class ParetoASHA(FIFOScheduler):
         vector = self._vector(result)
         if self.time_attr not in result or vector is None:
             return TrialScheduler.CONTINUE
-        action = self.decide(trial.trial_id, result[self.time_attr], vector)
+        action = self.decide(trial.trial_id, result[self.time_attr], vector, self._group(trial))
         if action == TrialScheduler.STOP:
             self.num_stopped += 1
         return action
@@ -128,11 +142,12 @@ class ParetoASHA(FIFOScheduler):
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
         vector = self._vector(result or {})
         if result and self.time_attr in result and vector is not None:
-            self.decide(trial.trial_id, result[self.time_attr], vector)
+            self.decide(trial.trial_id, result[self.time_attr], vector, self._group(trial))
 
     def debug_string(self) -> str:
-        return f"Using ParetoASHA: num_stopped={self.num_stopped}, rungs " + ", ".join(
-            f"{m:g}: {len(r)}" for m, r in self.rungs)
+        return f"Using ParetoASHA: num_stopped={self.num_stopped}, rungs " + "; ".join(
+            f"{group or 'all'}: " + ", ".join(f"{m:g}: {len(r)}" for m, r in rungs)
+            for group, rungs in self.rungs.items())
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as stream:

@@ -386,6 +386,8 @@ def describe_plan(config: StudyConfig) -> str:
         rule = (f"Pareto rank over {', '.join(f'{o.metric} {o.mode}' for o in s.objectives)} at each rung "
                 f"(a trial on the rung's front is never stopped)" if s.multi_objective else
                 f"{config.scheduler_objective.metric} {config.scheduler_objective.mode}")
+        if s.budget_per_method is not None:
+            rule += ", each method's trials judged against its own method's only"
         summary += (f"\nASHA: {rule}, grace period {sched.grace_period} epochs, "
                     f"reduction factor {sched.reduction_factor:g}")
     if config.confirm is not None:

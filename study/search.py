@@ -9,7 +9,8 @@ one Optuna study samples the method as one more categorical parameter.
 
 ASHA: with one objective, Ray's ASHA on it (``StudyConfig.scheduler_objective``); with several,
 :class:`study.pareto_asha.ParetoASHA`, which judges all of them by Pareto rank, so that it
-cannot stop the trials at the ends of the front.
+cannot stop the trials at the ends of the front. With equal budgets each method's trials are
+judged against their own method's only (ParetoASHA's rungs per method).
 
 :mod:`study.runner` hands them to the Tuner; a grid search needs neither searcher nor space
 (its trials are :func:`study.plan.grid_trials`).
@@ -209,21 +210,26 @@ def make_searcher(config: StudyConfig, output_dir: Path, study_name: str) -> Any
 
 
 def make_scheduler(config: StudyConfig) -> Any | None:
-    """ASHA early stopping (``scheduler.kind: asha``), else None: Ray's ASHA on the one
-    objective, or :class:`ParetoASHA` on every objective of a multi-objective search. Its
+    """ASHA early stopping (``scheduler.kind: asha``), else None: :class:`ParetoASHA` on every
+    objective of a multi-objective search, or on the scheduler's objective with
+    ``search.budget_per_method`` (then with rungs per method, so that a method's trials are
+    judged against their own method's only); Ray's ASHA on the one objective otherwise. Its
     horizon is the longest any method trains (a method may override ``train.epochs``)."""
     if config.scheduler.kind != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
+    from study.pareto_asha import ParetoASHA
+
     max_epochs = max(config.effective_train(m).epochs for m in config.methods)
     common = dict(time_attr="training_iteration", max_t=max_epochs, grace_period=config.scheduler.grace_period,
                   reduction_factor=config.scheduler.reduction_factor)
-    if config.search.multi_objective:
-        from study.pareto_asha import ParetoASHA
-
-        return ParetoASHA([(o.metric, o.mode) for o in config.search.objectives], **common)
+    per_method = config.search.budget_per_method is not None
     objective = config.scheduler_objective
+    if config.search.multi_objective or per_method:
+        objectives = ([(o.metric, o.mode) for o in config.search.objectives] if config.search.multi_objective
+                      else [(objective.metric, objective.mode)])
+        return ParetoASHA(objectives, per_method=per_method, **common)
     return ASHAScheduler(metric=objective.metric, mode=objective.mode, **common)
 
 

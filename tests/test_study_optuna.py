@@ -17,6 +17,7 @@ from ray.tune.search import Searcher
 from optuna.trial import TrialState
 
 from study.pareto_asha import ParetoASHA, keeps, pareto_ranks
+from study.plan import describe_plan
 from study.runner import load_optuna_study, run_study
 from study.search import OptunaSpace, PerMethodSearch, StudyOptunaSearch, make_scheduler, make_searcher
 from study.tracking import Tracker
@@ -169,13 +170,33 @@ def test_pareto_asha_never_stops_a_trial_on_the_front() -> None:
     assert pareto.num_stopped == 1 and pareto.metric is None
 
 
-def test_make_scheduler_judges_every_objective_of_a_multi_objective_search(tiny_study: Any) -> None:
+def test_make_scheduler_judges_every_objective_and_each_method_against_its_own(tiny_study: Any) -> None:
     multi = _search(tiny_study, methods={"l1": {"lam": {"low": 1e-5, "high": 1e-3, "log": True}}},
                     scheduler={"kind": "asha", "grace_period": 1})
     scheduler = make_scheduler(multi)
     assert isinstance(scheduler, ParetoASHA) and scheduler.objectives == [("val_error", "min"), ("compression", "max")]
+    assert not scheduler.per_method
     one = tiny_study("one", scheduler={"kind": "asha", "grace_period": 1})
     assert isinstance(make_scheduler(one), ASHAScheduler) and make_scheduler(one).metric == "val_error"
+    # equal budgets: rungs per method, so a method whose trials are all worse than another
+    # method's still trains its best ones on
+    equal = tiny_study("equal", search={"kind": "optuna", "budget_per_method": 4},
+                       methods={"l1": {"lam": {"low": 1e-5, "high": 1e-3, "log": True}},
+                                "decay": {"lam": {"low": 1e-4, "high": 1e-2, "log": True}}},
+                       scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2})
+    scheduler = make_scheduler(equal)
+    assert isinstance(scheduler, ParetoASHA) and scheduler.per_method
+    assert scheduler.objectives == [("val_error", "min")]
+
+    def report(name: str, method: str, val_error: float) -> str:
+        trial = SimpleNamespace(trial_id=name, config={"trial": {"method": method}})
+        return scheduler.on_trial_result(None, trial, {"training_iteration": 1, "val_error": val_error})
+
+    assert report("d1", "decay", 5.0) == report("d2", "decay", 4.0) == TrialScheduler.CONTINUE
+    assert report("d3", "decay", 9.0) == TrialScheduler.STOP  # the worst decay trial so far
+    assert report("l1-a", "l1", 20.0) == TrialScheduler.CONTINUE  # the first l1 trial: its rung is empty
+    assert report("l1-b", "l1", 30.0) == TrialScheduler.STOP
+    assert "ASHA: val_error min, each method's trials judged against its own method's only" in describe_plan(equal)
 
 
 @pytest.mark.slow
