@@ -1,40 +1,52 @@
-"""One Ray Tune trial: build data, model and method; train epoch by epoch; report each epoch's
-metrics with a checkpoint to Tune; log everything to the trial's MLflow run.
+"""One Ray Tune trial: build data, model and method once per seed; step each seed's trainer one
+epoch at a time; report every epoch's metrics to Tune, with a checkpoint on a schedule; log
+everything to the trial's MLflow run.
 
 A trial trains one configuration for one seed (grid search) or for every seed of the study
 (Optuna search: the seeds are never tuned, so each sampled configuration is trained once per
-seed, in lockstep, and Tune sees the mean over seeds). Training advances one epoch at a time:
-each epoch is a ``study.train.fit`` call that resumes from the previous epoch's checkpoint,
-which is exactly the continuous run (tests/test_study_trial.py checks this for every method)
-and lets the trial interleave seeds and know when it has finished.
+seed, in lockstep, and Tune sees the mean over seeds). Each seed has one
+:class:`study.train.Trainer`, built once; it is restored from a checkpoint only when Tune
+restarts the trial (a crash, ``study run --resume``).
 
 The Tune config of a trial (built by :mod:`study.runner`)::
 
     {"trial": {"method", "arch", "dataset", "seeds": [..], "params": {..}, "train": {..}},
      "study": {"name", "config_hash", "git_commit", "train": {..}, "data": {..},
-               "model": {..}, "cpus_per_trial", "tracking": {"uri", "experiment_id",
-               "parent_run_id"} or None, "hooks": {..}}}
+               "model": {..}, "cpus_per_trial", "checkpoint": {"every", "seconds"},
+               "tracking": {"uri", "experiment_id", "parent_run_id"} or None, "hooks": {..}}}
 
 ``trial.train`` holds the method's overrides of ``study.train`` (``methods.<m>.train`` in the
 study file); the trial trains with, and logs as ``train.*`` params, the merged settings.
 
-Fault tolerance: every report carries a checkpoint; a retried or restored trial continues
-from it, finds its MLflow run by the tag ``study.trial_id`` (so it never opens a second one)
-and logs only the epochs that run has not logged yet. A non-finite loss ends the trial with
-status ``diverged``, normally, so the rest of the study goes on.
+Checkpoints (:class:`CheckpointSchedule`): every epoch is reported, but a checkpoint goes with
+the report only every ``resources.checkpoint_every`` epochs, once ``resources.checkpoint_seconds``
+have passed since the last one, at the phase change and at the end. A checkpoint folder holds
+``trial.pt`` and the checkpoint before it, ``previous.pt``: tensors and plain values only,
+loaded with ``torch.load(..., weights_only=True)``. If ``trial.pt`` cannot be read, the trial
+warns and continues from ``previous.pt``; if neither can, it stops with a one-line
+:class:`CheckpointError` naming the files.
+
+Fault tolerance: a retried or restored trial continues from its last checkpoint and re-trains
+the epochs after it, bit-for-bit the same on the CPU (tests/test_study_trial.py checks this). It
+finds its MLflow run by the tag ``study.trial_id`` (so it never opens a second one) and logs only
+the epochs that run has not logged yet. A non-finite loss ends the trial with status
+``diverged``, normally, so the rest of the study goes on.
 
 Testing hooks (``study.hooks``, set by ``run_study(hooks=...)``, never by a study file):
 ``fail_at_epoch = k`` makes a trial that did not start from a checkpoint raise right after
-reporting epoch k, so its retry starts from that checkpoint; ``sleep_after_epoch = s`` slows
-trials down so that a test can interrupt a study in the middle.
+reporting epoch k, so its retry starts from the last checkpoint before; ``sleep_after_epoch = s``
+slows trials down so that a test can interrupt a study in the middle.
 """
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
 import time
-from dataclasses import fields, replace
+import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ContextManager, Iterator, Protocol
 
 import torch
 
@@ -44,15 +56,98 @@ from study.methods import build_method, make_params
 from study import runformat as rf
 from study.settings import AUTO, STUDY_AXES, TrainConfig, choose_device
 from study.tracking import Tracker, table_csv
-from study.train import fit, method_context, seed_everything
+from study.train import Trainer, method_context, seed_everything
 
+#: The files of a trial's checkpoint folder: the newest checkpoint and the one before it.
 CHECKPOINT_FILE = "trial.pt"
+PREVIOUS_FILE = "previous.pt"
+CHECKPOINT_VERSION = 2
 #: The train settings a study gives its trials (the seed is the trial's own).
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in STUDY_AXES)
 
 
 class TrialError(RuntimeError):
     """Raised by the testing hook ``fail_at_epoch``."""
+
+
+class CheckpointError(RuntimeError):
+    """A trial checkpoint that cannot be read (truncated, corrupt, or not a trial checkpoint)."""
+
+
+class CheckpointWarning(UserWarning):
+    """The newest checkpoint could not be read; the trial continues from the one before."""
+
+
+# -- checkpoints: when, and the files ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointSchedule:
+    """When a report carries a checkpoint: every ``every`` epochs (0: never by count), once
+    ``seconds`` have passed since the last one (None: never by time), at the phase change and
+    at the end."""
+
+    every: int = 1
+    seconds: float | None = None
+
+    def due(self, epochs_since: int, seconds_since: float, *, phase_changed: bool, final: bool) -> bool:
+        return (final or phase_changed or (self.every > 0 and epochs_since >= self.every)
+                or (self.seconds is not None and seconds_since >= self.seconds))
+
+
+def _read_file(path: Path, origin: str) -> dict[str, Any]:
+    where = f"{origin}/{path.name}"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"cannot read the trial checkpoint {where}: {reason[:200]}") from None
+    if not isinstance(saved, dict) or saved.get("version") != CHECKPOINT_VERSION or not isinstance(
+            saved.get("seeds"), list):
+        found = saved.get("version") if isinstance(saved, dict) else type(saved).__name__
+        raise CheckpointError(f"{where} is not a trial checkpoint of version {CHECKPOINT_VERSION} (found {found!r})")
+    return saved
+
+
+class CheckpointFolder:
+    """The trial's local checkpoint folder, handed to Tune at each checkpoint (Tune copies it to
+    its storage): ``trial.pt``, the newest, and ``previous.pt``, the one before it, so that a
+    damaged newest file costs a few re-trained epochs and not the trial."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="study-trial-"))
+
+    def write(self, checkpoint: dict[str, Any]) -> Path:
+        newest = self.path / CHECKPOINT_FILE
+        if newest.exists():
+            newest.replace(self.path / PREVIOUS_FILE)
+        partial = self.path / (CHECKPOINT_FILE + ".partial")
+        torch.save(checkpoint, partial)
+        partial.replace(newest)
+        return self.path
+
+    def restore(self, folder: Path, origin: str) -> dict[str, Any] | None:
+        """The newest readable checkpoint in a restored folder (None when it has none), which
+        becomes this folder's ``trial.pt``. Warns when it falls back to ``previous.pt``."""
+        candidates = [folder / name for name in (CHECKPOINT_FILE, PREVIOUS_FILE) if (folder / name).is_file()]
+        if not candidates:
+            return None
+        errors = []
+        for path in candidates:
+            try:
+                saved = _read_file(path, origin)
+            except CheckpointError as err:
+                errors.append(str(err))
+                continue
+            if errors:
+                warnings.warn(f"{errors[0]}; continuing from the checkpoint before it, "
+                              f"{origin}/{path.name}", CheckpointWarning, stacklevel=2)
+            shutil.copyfile(path, self.path / CHECKPOINT_FILE)
+            return saved
+        raise CheckpointError("; ".join(errors))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 # -- where a trial reports: Ray Tune, or a fake in tests ------------------------------------------
@@ -63,9 +158,13 @@ class Session(Protocol):
 
     def gpu_ids(self) -> list[Any]: ...
 
-    def load_checkpoint(self) -> dict[str, Any] | None: ...
+    def restored(self) -> ContextManager[tuple[Path, str] | None]:
+        """The folder of the checkpoint to continue from, and its name for messages; or None."""
+        ...
 
-    def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any]) -> None: ...
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        """Report an epoch's metrics, with the checkpoint folder or without a checkpoint."""
+        ...
 
 
 class TuneSession:
@@ -81,21 +180,22 @@ class TuneSession:
 
         return list(ray.get_gpu_ids())
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[tuple[Path, str] | None]:
         from ray import tune
 
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
-            return None
+            yield None
+            return
         with checkpoint.as_directory() as folder:
-            return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            yield Path(folder), str(checkpoint.path)
 
-    def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         from ray import tune
 
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(checkpoint, Path(folder) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        # Tune copies the folder to its storage before report returns
+        tune.report(metrics, checkpoint=None if checkpoint is None else tune.Checkpoint.from_directory(checkpoint))
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -103,23 +203,13 @@ def run_trial(config: dict[str, Any]) -> None:
     Trial(config, TuneSession()).run()
 
 
-class _Capture:
-    """The fit callback of one epoch step: keeps the record and the checkpoint."""
-
-    record: dict[str, Any]
-    state: dict[str, Any]
-
-    def on_epoch_end(self, record: dict[str, Any], checkpoint: Any) -> None:
-        self.record, self.state = record, checkpoint()
-
-
 # -- one seed -----------------------------------------------------------------------------------
 
 
 class SeedRun:
-    """One seed of a trial: its data, its training state, its MLflow run."""
+    """One seed of a trial: its data, its trainer (built once), its MLflow run."""
 
-    def __init__(self, trial: Trial, seed: int, device: str) -> None:
+    def __init__(self, trial: Trial, seed: int, device: str, *, resuming: bool = False) -> None:
         self.trial, self.seed = trial, seed
         study = trial.study
         data_settings = study["data"]
@@ -128,12 +218,13 @@ class SeedRun:
             seed=seed, download=data_settings.get("download", False), **trial.data_options,
         ).to(device)
         self.config = TrainConfig(**{**{k: trial.train[k] for k in TRAIN_FIELDS}, "seed": seed, "device": device})
-        self.context = method_context(self.data, self.config)
-        self.state: dict[str, Any] | None = None  # fit's checkpoint after the last epoch
-        self.record: dict[str, Any] | None = None  # the last epoch's record
-        self.layers: list[dict[str, Any]] = []
-        self.status = "running"
-        self.done = False
+        options = dict(trial.model_options)
+        if resuming:
+            options.pop("pretrained", None)  # the checkpoint overwrites the weights anyway
+        seed_everything(seed)  # the initial weights depend on the seed
+        model = models.build_model(trial.arch, self.data.input_shape, self.data.num_classes, options)
+        method = build_method(trial.method, trial.params, method_context(self.data, self.config))
+        self.trainer = Trainer(model, method, self.data, self.config)
         self.closed = False
         self.run_id: str | None = None
         self.logged = 0
@@ -142,7 +233,22 @@ class SeedRun:
 
     @property
     def epoch(self) -> int:
-        return int(self.state["state"]["epoch"]) if self.state else 0
+        return self.trainer.epoch
+
+    @property
+    def done(self) -> bool:
+        return self.trainer.done
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        """The last epoch's record."""
+        return self.trainer.history[-1] if self.trainer.history else None
+
+    @property
+    def status(self) -> str:
+        if not self.trainer.done:
+            return rf.RUNNING
+        return rf.DIVERGED if self.trainer.status == "diverged" else rf.FINISHED
 
     @property
     def key(self) -> str:
@@ -190,21 +296,20 @@ class SeedRun:
         tracker.log_params(self.run_id, params)
 
     def _log_epoch(self) -> None:
-        tracker = self.trial.tracker
-        assert self.record is not None
-        epoch = int(self.record["epoch"])
+        tracker, record = self.trial.tracker, self.record
+        assert record is not None
+        epoch = int(record[rf.EPOCH])
         if tracker is None or self.run_id is None or epoch <= self.logged:
-            return  # already logged before a retry
-        tracker.log_metrics(self.run_id, rf.numeric_metrics(self.record), step=epoch)
+            return  # logged before a restart: re-trained bit-for-bit, so not logged twice
+        tracker.log_metrics(self.run_id, rf.numeric_metrics(record), step=epoch)
         self.logged = epoch
 
     def close(self) -> None:
         """The seed is done: artifacts, the status tag, and the run ends FINISHED."""
         tracker = self.trial.tracker
         if tracker is not None and self.run_id is not None and not self.closed:
-            history = self.state["state"]["history"] if self.state else []
-            tracker.log_text(self.run_id, table_csv(self.layers, rf.LAYER_COLUMNS), rf.LAYERS_CSV)
-            tracker.log_text(self.run_id, table_csv(history), rf.HISTORY_CSV)
+            tracker.log_text(self.run_id, table_csv(self.trainer.layers(), rf.LAYER_COLUMNS), rf.LAYERS_CSV)
+            tracker.log_text(self.run_id, table_csv(self.trainer.history), rf.HISTORY_CSV)
             tracker.finish(self.run_id, self.status)
         self.closed = True
 
@@ -217,37 +322,19 @@ class SeedRun:
                 pass
 
     # -- training ----------------------------------------------------------------------------------
-    def step(self) -> None:
-        """Train one more epoch, resuming from the last one (bit-for-bit the continuous run)."""
-        trial = self.trial
-        options = dict(trial.model_options)
-        if self.state is not None:
-            options.pop("pretrained", None)  # the checkpoint overwrites the weights anyway
-        seed_everything(self.seed)  # the initial weights depend on the seed
-        model = models.build_model(trial.arch, self.data.input_shape, self.data.num_classes, options)
-        method = build_method(trial.method, trial.params, self.context)
-        capture = _Capture()
-        result = fit(model, method, self.data, replace(self.config, epochs=self.epoch + 1),
-                     callbacks=[capture], resume=self.state)
-        self.record, self.state, self.layers = capture.record, capture.state, result.layers
-        patience_stop = bool(self.config.patience) and (
-            self.state["state"].get("epochs_above_target", 0) >= self.config.patience
-        )
-        if result.status == "diverged":
-            self.status, self.done = "diverged", True
-        elif self.epoch >= self.config.epochs or patience_stop:
-            self.status, self.done = rf.FINISHED, True
+    def step(self) -> bool:
+        """Train one more epoch and log it; returns whether the phase changes after it."""
+        record = self.trainer.run_epoch()
         self._log_epoch()
+        return record[rf.PHASE] != self.trainer.phase
 
     def checkpoint(self) -> dict[str, Any]:
-        return {"seed": self.seed, "fit": self.state, "record": self.record, "layers": self.layers,
-                "status": self.status, "done": self.done}
+        return {"seed": self.seed, "trainer": self.trainer.state_dict()}
 
     def restore(self, saved: dict[str, Any]) -> None:
         if saved["seed"] != self.seed:
             raise ValueError(f"checkpoint is for seed {saved['seed']}, this run has seed {self.seed}")
-        self.state, self.record, self.layers = saved["fit"], saved["record"], saved["layers"]
-        self.status, self.done = saved["status"], saved["done"]
+        self.trainer.load_state_dict(saved["trainer"])
 
 
 # -- the trial ----------------------------------------------------------------------------------
@@ -270,49 +357,70 @@ class Trial:
         self.tracking: dict[str, Any] | None = self.study.get("tracking")
         self.tracker = Tracker(self.tracking["uri"]) if self.tracking else None
         self.hooks: dict[str, Any] = dict(self.study.get("hooks") or {})
+        self.schedule = CheckpointSchedule(**(self.study.get("checkpoint") or {}))
 
     def run(self) -> None:
         device = choose_device(self.train.get("device", AUTO), self.session.gpu_ids())
         torch.set_num_threads(max(1, int(self.study.get("cpus_per_trial", 1))))
-        saved = self.session.load_checkpoint()
+        folder = CheckpointFolder()
         seeds: list[SeedRun] = []
         try:
+            with self.session.restored() as restored:
+                saved = folder.restore(*restored) if restored is not None else None
             for seed in self.seeds:
-                seeds.append(SeedRun(self, seed, device))
+                seeds.append(SeedRun(self, seed, device, resuming=saved is not None))
             if saved is not None:
+                if len(saved["seeds"]) != len(seeds):
+                    raise CheckpointError(f"the checkpoint holds {len(saved['seeds'])} seeds, this trial has "
+                                          f"{len(seeds)}")
                 for run, state in zip(seeds, saved["seeds"]):
                     run.restore(state)
                 if all(run.done for run in seeds):  # it had finished; say so again
                     for run in seeds:
                         run.close()
-                    self.session.report(self.summary(seeds), self.checkpoint(seeds))
+                    self.session.report(self.summary(seeds), folder.path)
                     return
+            last_epoch, last_time = self._epoch(seeds), time.monotonic()
             while not all(run.done for run in seeds):
+                phase_changed = False
                 for run in seeds:
                     if not run.done:
-                        run.step()
+                        phase_changed |= run.step()
                 final = all(run.done for run in seeds)
                 if final:  # close before the last report: Tune may stop the trial right after it
                     for run in seeds:
                         run.close()
-                self.session.report(self.summary(seeds), self.checkpoint(seeds))
+                epoch = self._epoch(seeds)
+                due = self.schedule.due(epoch - last_epoch, time.monotonic() - last_time,
+                                        phase_changed=phase_changed, final=final)
+                if due:
+                    folder.write(self.checkpoint(seeds))
+                    last_epoch, last_time = epoch, time.monotonic()
+                self.session.report(self.summary(seeds), folder.path if due else None)
                 self._testing_hooks(seeds, resumed=saved is not None)
         except Exception as err:
             for run in seeds:
                 run.fail(err)
             raise
+        finally:
+            folder.remove()
+
+    @staticmethod
+    def _epoch(seeds: list[SeedRun]) -> int:
+        return max((run.epoch for run in seeds), default=0)
 
     def _testing_hooks(self, seeds: list[SeedRun], *, resumed: bool) -> None:
         """For tests only: ``fail_at_epoch`` (raise once, in a trial that did not start from a
         checkpoint, right after reporting that epoch) and ``sleep_after_epoch`` (seconds)."""
         fail_at = self.hooks.get("fail_at_epoch")
-        if fail_at is not None and not resumed and max(r.epoch for r in seeds) == fail_at:
+        if fail_at is not None and not resumed and self._epoch(seeds) == fail_at:
             raise TrialError(f"testing hook: trial {self.trial_id} fails once after epoch {fail_at}")
         if self.hooks.get("sleep_after_epoch"):
             time.sleep(float(self.hooks["sleep_after_epoch"]))
 
     def checkpoint(self, seeds: list[SeedRun]) -> dict[str, Any]:
-        return {"version": 1, "trial_id": self.trial_id, "seeds": [run.checkpoint() for run in seeds]}
+        return {"version": CHECKPOINT_VERSION, "trial_id": self.trial_id,
+                "seeds": [run.checkpoint() for run in seeds]}
 
     def summary(self, seeds: list[SeedRun]) -> dict[str, Any]:
         """What Tune sees each epoch: the mean over seeds of every numeric metric of each seed's
@@ -320,10 +428,10 @@ class Trial:
         records = [rf.numeric_metrics(run.record) for run in seeds if run.record is not None]
         keys = [k for k in records[0] if all(k in r for r in records)]
         out: dict[str, Any] = {k: sum(r[k] for r in records) / len(records) for k in keys}
-        out["epoch"] = max(run.epoch for run in seeds)
+        out["epoch"] = self._epoch(seeds)
         out["final"] = all(run.done for run in seeds)
         out["num_seeds"] = len(seeds)
-        out["diverged_seeds"] = sum(run.status == "diverged" for run in seeds)
+        out["diverged_seeds"] = sum(run.status == rf.DIVERGED for run in seeds)
         if len(seeds) == 1:
             out["phase"] = seeds[0].record["phase"] if seeds[0].record else ""
             out["status"] = seeds[0].status
