@@ -122,6 +122,7 @@ TAG_TRIAL_ID = "study.trial_id"  # the Tune trial id, plus -s<seed> when a trial
 TAG_TUNE_TRIAL_ID = "study.tune_trial_id"
 TAG_ATTEMPTS = "study.attempts"
 TAG_DEVICE = "study.device"
+TAG_CREATE_TOKEN = "study.create_token"  # unique per created run: makes create_run retry-safe
 #: Which stage of a tune-then-confirm study a trial belongs to: the search (configurations
 #: compared on validation error) or the confirmation (each method's chosen configuration
 #: retrained on fresh seeds). Reports use the confirm runs where they exist.
