@@ -26,6 +26,9 @@ loaded with ``torch.load(..., weights_only=True)``. If ``trial.pt`` cannot be re
 warns and continues from ``previous.pt``; if neither can, it stops with a one-line
 :class:`CheckpointError` naming the files.
 
+MLflow gets every epoch's metrics, in batches: at each checkpoint (before Tune gets it), at the
+end, and at least every ``MLFLOW_FLUSH_SECONDS``.
+
 Fault tolerance: a retried or restored trial continues from its last checkpoint and re-trains
 the epochs after it, bit-for-bit the same on the CPU (tests/test_study_trial.py checks this). It
 finds its MLflow run by the tag ``study.trial_id`` (so it never opens a second one) and logs only
@@ -62,6 +65,9 @@ from study.train import Trainer, method_context, seed_everything
 CHECKPOINT_FILE = "trial.pt"
 PREVIOUS_FILE = "previous.pt"
 CHECKPOINT_VERSION = 2
+#: The longest a trained epoch waits for MLflow: epochs are sent in batches, at each checkpoint
+#: and at least this often (one call per epoch would cost short epochs ~15 ms each).
+MLFLOW_FLUSH_SECONDS = 2.0
 #: The train settings a study gives its trials (the seed is the trial's own).
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in STUDY_AXES)
 
@@ -227,7 +233,8 @@ class SeedRun:
         self.trainer = Trainer(model, method, self.data, self.config)
         self.closed = False
         self.run_id: str | None = None
-        self.logged = 0
+        self.logged = 0  # the last epoch MLflow has or will get with the next flush
+        self.pending: list[dict[str, Any]] = []  # records queued for MLflow
         if trial.tracker is not None:
             self._open_run(device)
 
@@ -268,7 +275,7 @@ class SeedRun:
             self.run_id = run.info.run_id
             tracker.reopen(self.run_id)
             attempts = int(run.data.tags.get(rf.TAG_ATTEMPTS, "1")) + 1
-            tracker.set_tags(self.run_id, {rf.TAG_ATTEMPTS: str(attempts)})
+            tracker.set_tags(self.run_id, {rf.TAG_ATTEMPTS: str(attempts), rf.TAG_DEVICE: device})
             self.logged = tracker.last_epoch(self.run_id)
         else:
             tags = {
@@ -280,12 +287,12 @@ class SeedRun:
                 rf.TAG_CONFIG_HASH: trial.study.get("config_hash", ""),
                 rf.TAG_STATUS: rf.RUNNING,
                 rf.TAG_ATTEMPTS: "1",
+                rf.TAG_DEVICE: device,
             }
             if trial.study.get("git_commit"):
                 tags[rf.TAG_GIT_COMMIT] = trial.study["git_commit"]
             name = f"{trial.method}-s{self.seed}-{trial.trial_id}"
             self.run_id = tracker.create_run(experiment_id, name, tags)
-        tracker.set_tags(self.run_id, {rf.TAG_DEVICE: device})
         params = rf.trial_params(
             method=trial.method, arch=trial.arch, dataset=trial.dataset, seed=self.seed,
             method_params=vars(make_params(trial.method, trial.params)),
@@ -296,18 +303,27 @@ class SeedRun:
         tracker.log_params(self.run_id, params)
 
     def _log_epoch(self) -> None:
-        tracker, record = self.trial.tracker, self.record
+        """Queue the last epoch's metrics for MLflow (:meth:`flush` sends them)."""
+        record = self.record
         assert record is not None
         epoch = int(record[rf.EPOCH])
-        if tracker is None or self.run_id is None or epoch <= self.logged:
+        if self.trial.tracker is None or self.run_id is None or epoch <= self.logged:
             return  # logged before a restart: re-trained bit-for-bit, so not logged twice
-        tracker.log_metrics(self.run_id, rf.numeric_metrics(record), step=epoch)
+        self.pending.append(record)
         self.logged = epoch
+
+    def flush(self) -> None:
+        """Send the queued epochs to MLflow in one call."""
+        tracker = self.trial.tracker
+        if tracker is not None and self.run_id is not None and self.pending:
+            tracker.log_steps(self.run_id, [(int(r[rf.EPOCH]), rf.numeric_metrics(r)) for r in self.pending])
+        self.pending = []
 
     def close(self) -> None:
         """The seed is done: artifacts, the status tag, and the run ends FINISHED."""
         tracker = self.trial.tracker
         if tracker is not None and self.run_id is not None and not self.closed:
+            self.flush()
             tracker.log_text(self.run_id, table_csv(self.trainer.layers(), rf.LAYER_COLUMNS), rf.LAYERS_CSV)
             tracker.log_text(self.run_id, table_csv(self.trainer.history), rf.HISTORY_CSV)
             tracker.finish(self.run_id, self.status)
@@ -317,6 +333,7 @@ class SeedRun:
         tracker = self.trial.tracker
         if tracker is not None and self.run_id is not None and not self.closed:
             try:
+                self.flush()  # the epochs trained before the error are good
                 tracker.finish(self.run_id, rf.FAILED, "FAILED", error=f"{type(err).__name__}: {err}"[:500])
             except Exception:  # never hide the original error
                 pass
@@ -381,18 +398,25 @@ class Trial:
                     self.session.report(self.summary(seeds), folder.path)
                     return
             last_epoch, last_time = self._epoch(seeds), time.monotonic()
+            last_flush = last_time
             while not all(run.done for run in seeds):
                 phase_changed = False
                 for run in seeds:
                     if not run.done:
                         phase_changed |= run.step()
                 final = all(run.done for run in seeds)
+                epoch, now = self._epoch(seeds), time.monotonic()
+                due = self.schedule.due(epoch - last_epoch, now - last_time, phase_changed=phase_changed,
+                                        final=final)
+                # MLflow gets every epoch up to a checkpoint before Tune gets the checkpoint, so a
+                # restart (which re-trains the epochs after it) can lose no logged epoch
+                if due or now - last_flush >= MLFLOW_FLUSH_SECONDS:
+                    for run in seeds:
+                        run.flush()
+                    last_flush = now
                 if final:  # close before the last report: Tune may stop the trial right after it
                     for run in seeds:
                         run.close()
-                epoch = self._epoch(seeds)
-                due = self.schedule.due(epoch - last_epoch, time.monotonic() - last_time,
-                                        phase_changed=phase_changed, final=final)
                 if due:
                     folder.write(self.checkpoint(seeds))
                     last_epoch, last_time = epoch, time.monotonic()

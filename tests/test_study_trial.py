@@ -230,6 +230,34 @@ def test_checkpoints_follow_the_schedule(fake: Any, trial_config: Any) -> None:
     assert session.checkpointed == [1, 2, 3]
 
 
+def test_mlflow_has_every_epoch_up_to_a_checkpoint_before_tune_gets_it(
+        fake: Any, trial_config: Any, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epochs go to MLflow in batches (at checkpoints, at the end, and every
+    MLFLOW_FLUSH_SECONDS), never later than the checkpoint that covers them: a trial killed
+    after a checkpoint, with no chance to flush, re-trains only epochs MLflow may lack."""
+    tracking = _tracking(mlflow_uri, "trial-flush")
+    session = fake()
+    seen: dict[int, list[int]] = {}
+    report = session.report
+
+    def check(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        if checkpoint is not None:
+            (run,) = _children(mlflow_uri, tracking)
+            seen[metrics["epoch"]] = _steps(mlflow_uri, run.info.run_id)
+        report(metrics, checkpoint)
+
+    session.report = check  # type: ignore[method-assign]
+    calls: list[int] = []
+    log_steps = Tracker.log_steps
+    monkeypatch.setattr(Tracker, "log_steps", lambda self, run_id, steps: calls.append(1) or log_steps(
+        self, run_id, list(steps)))
+    monkeypatch.setattr("study.trial.MLFLOW_FLUSH_SECONDS", 3600.0)
+    Trial(trial_config("none", {}, [0], tracking=tracking, train={"epochs": 7},
+                       resources={"checkpoint_every": 3}), session).run()
+    assert seen == {1: [1], 4: [1, 2, 3, 4], 7: list(range(1, 8))}
+    assert len(calls) == 3  # one call per checkpoint, not one per epoch
+
+
 def test_checkpoint_schedule() -> None:
     schedule = CheckpointSchedule(every=4, seconds=60.0)
     assert not schedule.due(3, 59.0, phase_changed=False, final=False)
