@@ -14,12 +14,19 @@ and every ratio are printed. "wall" is the whole `study run` process (Python and
 included); "in-study" is the time `study run` reports for itself (from the study file being
 read to the last trial closing).
 
+Each repeat also splits the study's core-seconds (in-study × cores) from Tune's results
+(``result.json`` of every trial): the epochs themselves (the sum of ``epoch_seconds``: training
+and evaluation), the rest of the trials' time (``time_total_s`` minus their epochs: MLflow calls,
+Tune reports, checkpoints, data loading, each worker's first imports), and the time no trial runs
+on a core (Ray's start and stop, the MLflow store's creation, starting workers, idle cores).
+
     python benchmarks/study_overhead.py                          # the quickstart, 2 repeats
     python benchmarks/study_overhead.py --repeats 3 --set train.epochs=10
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -31,6 +38,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+
+def breakdown(output_dir: Path) -> tuple[int, float, float]:
+    """(trials, the trials' seconds, their epochs' seconds) from the study's Tune results."""
+    trials, total, epochs = 0, 0.0, 0.0
+    for result in sorted(output_dir.glob("ray/*/*/result.json")):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if rows:
+            trials += 1
+            total += max(r["time_total_s"] for r in rows)
+            epochs += sum(r.get("epoch_seconds", 0.0) for r in rows)
+    return trials, total, epochs
 
 
 def run_study(config_file: str, overrides: list[str], output_dir: Path) -> tuple[float, float]:
@@ -107,6 +126,13 @@ def main() -> None:
                   f"{loop:.1f} s for {runs} runs = {loop / args.cores:.1f} s over {args.cores} cores: "
                   f"{wall / (loop / args.cores):.2f}x wall, {inside / (loop / args.cores):.2f}x in-study",
                   flush=True)
+            trials, in_trials, epochs = breakdown(Path(tmp) / f"run{repeat}")
+            if trials:
+                cores = inside * args.cores
+                print(f"  in-study core-seconds {cores:.1f} ({inside:.1f} s x {args.cores}): epochs {epochs:.1f} "
+                      f"(plain loop {loop:.1f}), the rest of the trials {in_trials - epochs:.1f} "
+                      f"({(in_trials - epochs) / trials:.2f} s per trial, {trials} trials), no trial running "
+                      f"{cores - in_trials:.1f}", flush=True)
     wall, inside, loop = (statistics.median(v) for v in (walls, insides, loops))
     print(f"median: study {wall:.1f} s wall, {inside:.1f} s in-study; plain loop {loop:.1f} s "
           f"({loop / args.cores:.1f} s over {args.cores} cores)")

@@ -110,8 +110,9 @@ def _read_file(path: Path, origin: str) -> dict[str, Any]:
         raise CheckpointError(f"cannot read the trial checkpoint {where}: {reason[:200]}") from None
     if not isinstance(saved, dict) or saved.get("version") != CHECKPOINT_VERSION or not isinstance(
             saved.get("seeds"), list):
-        found = saved.get("version") if isinstance(saved, dict) else type(saved).__name__
-        raise CheckpointError(f"{where} is not a trial checkpoint of version {CHECKPOINT_VERSION} (found {found!r})")
+        found = f"version {saved.get('version')!r}" if isinstance(saved, dict) else type(saved).__name__
+        raise CheckpointError(f"{where} is not a trial checkpoint of version {CHECKPOINT_VERSION} (found {found}; "
+                              f"a study started by an older version of this code cannot be resumed)")
     return saved
 
 
