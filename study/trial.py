@@ -18,13 +18,10 @@ The Tune config of a trial (built by :mod:`study.runner`)::
 ``trial.train`` holds the method's overrides of ``study.train`` (``methods.<m>.train`` in the
 study file); the trial trains with, and logs as ``train.*`` params, the merged settings.
 
-Checkpoints (:class:`CheckpointSchedule`): every epoch is reported, but a checkpoint goes with
-the report only every ``resources.checkpoint_every`` epochs, once ``resources.checkpoint_seconds``
-have passed since the last one, at the phase change and at the end. A checkpoint folder holds
-``trial.pt`` and the checkpoint before it, ``previous.pt``: tensors and plain values only,
-loaded with ``torch.load(..., weights_only=True)``. If ``trial.pt`` cannot be read, the trial
-warns and continues from ``previous.pt``; if neither can, it stops with a one-line
-:class:`CheckpointError` naming the files.
+Checkpoints (:mod:`study.checkpoint`): every epoch is reported, but a checkpoint goes with the
+report only on the study's schedule (``resources.checkpoint_every`` / ``checkpoint_seconds``,
+the phase change, the end); checkpoints hold tensors and plain values only, load with
+``weights_only=True``, and keep the one before them to fall back to.
 
 MLflow gets every epoch's metrics, in batches: at each checkpoint (before Tune gets it), at the
 end, and at least every ``MLFLOW_FLUSH_SECONDS``.
@@ -43,11 +40,8 @@ slows trials down so that a test can interrupt a study in the middle.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, ContextManager, Iterator, Protocol
 
@@ -55,16 +49,13 @@ import torch
 
 from study import data as data_registry
 from study import models
+from study.checkpoint import CHECKPOINT_VERSION, CheckpointError, CheckpointFolder, CheckpointSchedule
 from study.methods import build_method, make_params
 from study import runformat as rf
 from study.settings import AUTO, STUDY_AXES, TrainConfig, choose_device
 from study.tracking import Tracker, table_csv
 from study.train import Trainer, method_context, seed_everything
 
-#: The files of a trial's checkpoint folder: the newest checkpoint and the one before it.
-CHECKPOINT_FILE = "trial.pt"
-PREVIOUS_FILE = "previous.pt"
-CHECKPOINT_VERSION = 2
 #: The longest a trained epoch waits for MLflow: epochs are sent in batches, at each checkpoint
 #: and at least this often (one call per epoch would cost short epochs ~15 ms each).
 MLFLOW_FLUSH_SECONDS = 2.0
@@ -74,87 +65,6 @@ TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in STUDY_
 
 class TrialError(RuntimeError):
     """Raised by the testing hook ``fail_at_epoch``."""
-
-
-class CheckpointError(RuntimeError):
-    """A trial checkpoint that cannot be read (truncated, corrupt, or not a trial checkpoint)."""
-
-
-class CheckpointWarning(UserWarning):
-    """The newest checkpoint could not be read; the trial continues from the one before."""
-
-
-# -- checkpoints: when, and the files ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckpointSchedule:
-    """When a report carries a checkpoint: every ``every`` epochs (0: never by count), once
-    ``seconds`` have passed since the last one (None: never by time), at the phase change and
-    at the end."""
-
-    every: int = 1
-    seconds: float | None = None
-
-    def due(self, epochs_since: int, seconds_since: float, *, phase_changed: bool, final: bool) -> bool:
-        return (final or phase_changed or (self.every > 0 and epochs_since >= self.every)
-                or (self.seconds is not None and seconds_since >= self.seconds))
-
-
-def _read_file(path: Path, origin: str) -> dict[str, Any]:
-    where = f"{origin}/{path.name}"
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"cannot read the trial checkpoint {where}: {reason[:200]}") from None
-    if not isinstance(saved, dict) or saved.get("version") != CHECKPOINT_VERSION or not isinstance(
-            saved.get("seeds"), list):
-        found = f"version {saved.get('version')!r}" if isinstance(saved, dict) else type(saved).__name__
-        raise CheckpointError(f"{where} is not a trial checkpoint of version {CHECKPOINT_VERSION} (found {found}; "
-                              f"a study started by an older version of this code cannot be resumed)")
-    return saved
-
-
-class CheckpointFolder:
-    """The trial's local checkpoint folder, handed to Tune at each checkpoint (Tune copies it to
-    its storage): ``trial.pt``, the newest, and ``previous.pt``, the one before it, so that a
-    damaged newest file costs a few re-trained epochs and not the trial."""
-
-    def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="study-trial-"))
-
-    def write(self, checkpoint: dict[str, Any]) -> Path:
-        newest = self.path / CHECKPOINT_FILE
-        if newest.exists():
-            newest.replace(self.path / PREVIOUS_FILE)
-        partial = self.path / (CHECKPOINT_FILE + ".partial")
-        torch.save(checkpoint, partial)
-        partial.replace(newest)
-        return self.path
-
-    def restore(self, folder: Path, origin: str) -> dict[str, Any] | None:
-        """The newest readable checkpoint in a restored folder (None when it has none), which
-        becomes this folder's ``trial.pt``. Warns when it falls back to ``previous.pt``."""
-        candidates = [folder / name for name in (CHECKPOINT_FILE, PREVIOUS_FILE) if (folder / name).is_file()]
-        if not candidates:
-            return None
-        errors = []
-        for path in candidates:
-            try:
-                saved = _read_file(path, origin)
-            except CheckpointError as err:
-                errors.append(str(err))
-                continue
-            if errors:
-                warnings.warn(f"{errors[0]}; continuing from the checkpoint before it, "
-                              f"{origin}/{path.name}", CheckpointWarning, stacklevel=2)
-            shutil.copyfile(path, self.path / CHECKPOINT_FILE)
-            return saved
-        raise CheckpointError("; ".join(errors))
-
-    def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
 
 
 # -- where a trial reports: Ray Tune, or a fake in tests ------------------------------------------

@@ -23,8 +23,9 @@ from study.methods import METHODS, build_method
 from study.settings import TrainConfig, choose_device
 from study.tracking import Tracker
 from study.train import Trainer, fit, method_context, seed_everything
-from study.trial import (CHECKPOINT_FILE, PREVIOUS_FILE, CheckpointError, CheckpointSchedule, CheckpointWarning,
-                         SeedRun, Trial, TrialError)
+from study.checkpoint import (CHECKPOINT_FILE, PREVIOUS_FILE, CheckpointError, CheckpointSchedule,
+                              CheckpointWarning)
+from study.trial import SeedRun, Trial, TrialError
 
 
 class FakeSession:
@@ -311,6 +312,15 @@ def test_unreadable_checkpoints_stop_the_trial_with_one_line(fake: Any, trial_co
     message = str(caught.value)
     assert "\n" not in message
     assert f"{session.last}/{CHECKPOINT_FILE}" in message and f"{session.last}/{PREVIOUS_FILE}" in message
+
+
+def test_a_checkpoint_of_another_version_is_refused_with_one_line(fake: Any, trial_config: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "old"
+    folder.mkdir()
+    torch.save({"version": 1, "seeds": []}, folder / CHECKPOINT_FILE)
+    with pytest.raises(CheckpointError, match=rf"{folder}/{CHECKPOINT_FILE} is not a trial checkpoint of version 2 "
+                                              r"\(found version 1;"):
+        Trial(trial_config("none", {}, [0]), fake(checkpoint=folder)).run()
 
 
 class _Payload:
