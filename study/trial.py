@@ -337,6 +337,11 @@ class Trial:
             for run in seeds:
                 run.fail(err)
             raise
+        except BaseException:  # Tune stopping the trial (ASHA: SystemExit in tune.report), Ctrl-C
+            for run in seeds:
+                with contextlib.suppress(Exception):
+                    run.flush()  # its last epochs, which it will not train again
+            raise
         finally:
             folder.remove()
 

@@ -259,6 +259,29 @@ def test_mlflow_has_every_epoch_up_to_a_checkpoint_before_tune_gets_it(
     assert len(calls) == 3  # one call per checkpoint, not one per epoch
 
 
+def test_a_trial_stopped_by_tune_sends_its_queued_epochs(
+        fake: Any, trial_config: Any, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tune stops a trial (ASHA) by raising SystemExit in tune.report; the epochs MLflow has not
+    got yet go out before the trial ends, since a stopped trial is never trained again."""
+    tracking = _tracking(mlflow_uri, "trial-stopped")
+    session = fake()
+    report = session.report
+
+    def stop_at_3(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        report(metrics, checkpoint)
+        if metrics["epoch"] == 3:
+            raise SystemExit(0)  # what ray.tune.report does once Tune has decided to stop the trial
+
+    session.report = stop_at_3  # type: ignore[method-assign]
+    monkeypatch.setattr("study.trial.MLFLOW_FLUSH_SECONDS", 3600.0)
+    with pytest.raises(SystemExit):
+        Trial(trial_config("none", {}, [0], tracking=tracking, train={"epochs": 6}), session).run()
+    assert session.checkpointed == [1]
+    (run,) = _children(mlflow_uri, tracking)
+    assert _steps(mlflow_uri, run.info.run_id) == [1, 2, 3]
+    assert run.data.tags["status"] == "running"  # the driver's callback marks it pruned
+
+
 def test_checkpoint_schedule() -> None:
     schedule = CheckpointSchedule(every=4, seconds=60.0)
     assert not schedule.due(3, 59.0, phase_changed=False, final=False)
