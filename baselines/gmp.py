@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from baselines.weight_decay import l2_penalty
+from baselines.penalties import prunable_penalty
 from study import sparsity
 from study.method import Method, MethodContext, MethodParams, Phase, check_fields
 
@@ -129,9 +129,7 @@ class GradualMagnitude(Method):
         self.current_target = 0.0  # the sparsity last pruned to
 
     def penalty(self, model: nn.Module) -> Tensor | None:
-        if self.params.lam == 0:
-            return None
-        return l2_penalty(sparsity.prunable_weights(model).values(), self.params.lam)
+        return prunable_penalty(model, self.params.lam)
 
     def target_at(self, t: int) -> float:
         p = self.params

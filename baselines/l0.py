@@ -12,14 +12,17 @@ P(z ≠ 0) = sigmoid(log α − β log(−γ/ζ)) is a smooth function of log α
 norm can be penalised directly (the paper's eq. 12)::
 
     penalty = Σ_gates P(z ≠ 0) · (λ/N · g + (weight_decay/2) · Σ_{w in gate} w²)
+              + Σ_biases (weight_decay/2) · b² · (P(z ≠ 0) of its gate, if the bias is gated)
 
 with g the number of weights a gate controls (1 per weight, the column height for a Linear
 input unit, in·kh·kw for a Conv channel) and N the training-set size: λ is "per weight
 and per sample" as in the paper's code, where each gate pays λ per weight it controls,
 the total is divided by N, and the L2 term is re-weighted by the probability that the
-gate is on. At test time the gate is deterministic, z = clamp(sigmoid(log α)(ζ−γ)+γ, 0, 1);
-a weight whose test gate is exactly 0 is pruned, and the effective weights are
-weight × test gate.
+gate is on. The authors' code also puts the L2 term on the biases (``bias_decay``, default
+on; off gives the L2 term on the weights only): plainly, except that a conv channel's bias
+behind a neuron gate is re-weighted by that gate's P(z ≠ 0). At test time the gate is deterministic,
+z = clamp(sigmoid(log α)(ζ−γ)+γ, 0, 1); a weight whose test gate is exactly 0 is pruned,
+and the effective weights are weight × test gate.
 
 Optimizer: the paper trains with Adam (lr 1e-3), whose per-parameter step moves log α by
 about lr per step however small its gradient. Under plain SGD the penalty's gradient on a
@@ -37,7 +40,8 @@ all four layers of LeNet-5 kept it at chance on digits for 30+ epochs. ``weight_
 (5e-4, the default of their scripts) is per sample, as in their MLP (prior precision
 N·wd, divided by N). Left out of the paper's code: the moving average of the parameters
 used at evaluation, per-layer λ, and λ on a gated conv channel's bias (the bias is gated
-in the forward pass but, not being a prunable weight, not charged).
+in the forward pass but, not being a prunable weight, not charged; their code even adds
+it with the sign of a reward).
 
 ``relaxation="concrete"`` (the reviewer's comparison) uses the plain binary concrete
 (γ = 0, ζ = 1, no stretch): z never reaches 0, so P(z ≠ 0) = 1 carries no gradient; the
@@ -45,10 +49,10 @@ penalty then uses the keep probability sigmoid(log α) of the Bernoulli gate the
 relaxes, and at test time a gate with sigmoid(log α) < 1/2 is pruned (z = 0) and the
 others are z = sigmoid(log α).
 
-Implementation: ``attach`` turns every Linear/Conv module into a gated subclass in place
-(``module.__class__``), registering ``log_alpha`` on it. Parameter names stay
-``fc1.weight`` and the gates are saved as ``fc1.log_alpha``; the classes live at module
-level, so the model still pickles and deep-copies.
+Implementation: ``attach`` turns every Linear/Conv module into a gated class in place
+(``baselines.layer_swap``: ``L0Linear``, ``L0Conv2d``, …), registering ``log_alpha`` on it.
+Parameter names stay ``fc1.weight`` and the gates are saved as ``fc1.log_alpha``; the
+classes live in this module, so the model still pickles and deep-copies.
 """
 from __future__ import annotations
 
@@ -57,10 +61,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from study import sparsity
+from baselines.layer_swap import SwappedLayer, effective_weights, layer_classes, swap_layers, swapped_layers
 from study.method import Method, MethodParams, Phase, check_fields
 
 GATES = ("weight", "neuron")
@@ -100,7 +103,7 @@ def deterministic_gate(log_alpha: Tensor, gamma: float, zeta: float) -> Tensor:
 
 
 # -- the gated layers ----------------------------------------------------------------------
-class _Gated(nn.Module):
+class _Gated(SwappedLayer):
     """Mixin placed before nn.Linear / nn.ConvNd: the forward pass uses weight × z."""
 
     log_alpha: nn.Parameter
@@ -129,49 +132,24 @@ class _Gated(nn.Module):
             z = deterministic_gate(self.log_alpha, self.gamma, self.zeta)
         return z.view(self.gate_shape())
 
+    def bias_is_gated(self) -> bool:
+        """Whether the bias sits behind a gate: a conv output channel's, with neuron gates."""
+        return self.bias is not None and self.gates == "neuron" and not isinstance(self, nn.Linear)
+
     def gated_bias(self, z: Tensor) -> Tensor | None:
         # A switched-off conv channel loses its bias too (the paper gates the channel's output).
-        if self.bias is None or self.gates != "neuron" or isinstance(self, nn.Linear):
-            return self.bias
-        return self.bias * z.view(-1)
+        return self.bias * z.view(-1) if self.bias_is_gated() else self.bias
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.gate()
         return self.layer_forward(x, self.weight * z, self.gated_bias(z))
 
-    def layer_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        raise NotImplementedError
+    def effective_weight(self) -> Tensor:
+        return self.weight * deterministic_gate(self.log_alpha, self.gamma, self.zeta).view(self.gate_shape())
 
 
-class L0Linear(_Gated, nn.Linear):
-    def layer_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.linear(x, weight, bias)
-
-
-class _L0Conv(_Gated):
-    def layer_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return self._conv_forward(x, weight, bias)  # type: ignore[attr-defined]
-
-
-class L0Conv1d(_L0Conv, nn.Conv1d):
-    pass
-
-
-class L0Conv2d(_L0Conv, nn.Conv2d):
-    pass
-
-
-class L0Conv3d(_L0Conv, nn.Conv3d):
-    pass
-
-
-GATED_CLASSES: dict[type[nn.Module], type[_Gated]] = {
-    nn.Linear: L0Linear, nn.Conv1d: L0Conv1d, nn.Conv2d: L0Conv2d, nn.Conv3d: L0Conv3d,
-}
-
-
-def gated_layers(model: nn.Module) -> dict[str, _Gated]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, _Gated)}
+# L0Linear, L0Conv1d, L0Conv2d, L0Conv3d: _Gated before each prunable layer type.
+GATED_CLASSES = layer_classes(_Gated, "L0")
 
 
 # -- the method ----------------------------------------------------------------------------
@@ -183,6 +161,7 @@ class L0Params(MethodParams):
     temperature: float = 2.0 / 3.0  # β
     droprate_init: float = 0.2  # initial drop rate p: log α ~ N(log((1−p)/p), 0.01²)
     weight_decay: float = 5e-4  # the paper's L2 term, re-weighted by P(z ≠ 0); 0 turns it off
+    bias_decay: bool = True  # the L2 term on the biases too, as in the authors' code
     gate_lr_scale: float = 1000.0  # multiplies log α's gradient: its learning rate under SGD (see docstring)
 
     def __post_init__(self) -> None:
@@ -213,34 +192,34 @@ class L0HardConcrete(Method):
         p = self.params
         gamma, zeta = STRETCH[p.relaxation]
         mean = math.log(1 - p.droprate_init) - math.log(p.droprate_init)
-        for name, module in sparsity.prunable_layers(model).items():
-            if isinstance(module, _Gated):  # attached before (e.g. resumed): keep its gates
-                continue
-            if type(module) not in GATED_CLASSES:
-                valid = ", ".join(c.__name__ for c in GATED_CLASSES)
-                kind = type(module).__name__
-                raise ValueError(f"l0: cannot gate layer {name!r} of type {kind}; valid: {valid}")
-            module.__class__ = GATED_CLASSES[type(module)]
+
+        def add_gates(module: _Gated) -> None:
             module.gates, module.beta, module.gamma, module.zeta = p.gates, p.temperature, gamma, zeta
             n_gates = module.weight.numel() if p.gates == "weight" else math.prod(module.gate_shape())
             log_alpha = torch.empty(n_gates, device=module.weight.device, dtype=module.weight.dtype)
             module.log_alpha = nn.Parameter(log_alpha.normal_(mean, 1e-2))
 
+        swap_layers(model, GATED_CLASSES, self.name, add_gates)
+
     def penalty(self, model: nn.Module) -> Tensor | None:
         p = self.params
         total: Tensor | None = None
-        for m in gated_layers(model).values():
+        for m in swapped_layers(model, _Gated).values():
             on = prob_nonzero(m.log_alpha, m.beta, m.gamma, m.zeta)
             cost = torch.full_like(on, p.lam / self.context.train_size * m.group_size())
             if p.weight_decay > 0:
                 cost = cost + 0.5 * p.weight_decay * _sum_per_gate(m, m.weight.pow(2))
             term = (on * cost).sum()
+            if p.bias_decay and p.weight_decay > 0 and m.bias is not None:
+                # As in the authors' code: a bias behind a gate is re-weighted by P(z ≠ 0) too.
+                b2 = 0.5 * p.weight_decay * m.bias.pow(2)
+                term = term + (on * b2 if m.bias_is_gated() else b2).sum()
             total = term if total is None else total + term
         return total
 
     def after_backward(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
         # Per weight: a gate over g weights gathers g times the gradient, so it gets scale / g.
-        for m in gated_layers(model).values():
+        for m in swapped_layers(model, _Gated).values():
             scale = self.params.gate_lr_scale / m.group_size()
             if m.log_alpha.grad is not None and scale != 1.0:
                 m.log_alpha.grad.mul_(scale)
@@ -248,25 +227,18 @@ class L0HardConcrete(Method):
     @torch.no_grad()
     def after_step(self, model: nn.Module) -> None:
         super().after_step(model)
-        for m in gated_layers(model).values():
+        for m in swapped_layers(model, _Gated).values():
             m.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
 
     def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
         """Nothing to threshold: the test-time gates decide what is pruned, in both phases."""
 
-    @torch.no_grad()
     def effective_weights(self, model: nn.Module) -> dict[str, Tensor]:
-        out = {}
-        for name, module in sparsity.prunable_layers(model).items():
-            w = module.weight.detach()
-            if isinstance(module, _Gated):
-                w = w * deterministic_gate(module.log_alpha, module.gamma, module.zeta).view(module.gate_shape())
-            out[f"{name}.weight"] = w
-        return out
+        return effective_weights(model)
 
     @torch.no_grad()
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
-        layers = gated_layers(model).values()
+        layers = swapped_layers(model, _Gated).values()
         if not layers:
             return {}
         expected = sum(float(prob_nonzero(m.log_alpha, m.beta, m.gamma, m.zeta).sum()) * m.group_size() for m in layers)

@@ -16,10 +16,16 @@ How it maps onto the two-phase loop:
 
 At round r (0-based), layer l is pruned where |w| < q_{l,r} · std_l, with
 q_{l,r} = q_l · (1 + r·quality_growth), q_l = ``layer_quality[l]`` if given else
-``quality``. ``std_over`` picks the weights std_l is taken over: ``all`` (default) the
-layer's whole weight tensor, pruned zeros included (as in Distiller's reading of Han);
-``kept`` only the still-unpruned weights, which makes a fixed quality prune more every
-round. Pruned weights never come back (masks).
+``quality``. The growing threshold follows Han's thesis (S. Han, "Efficient Methods and
+Hardware for Deep Learning", Stanford PhD thesis, 2017), which raises the threshold by a delta
+at every pruning iteration; here the delta is the same every round, q_l · quality_growth.
+
+std_l is recomputed at every round, from the weights as they are then. ``std_over`` picks
+the weights it is taken over: ``all`` (default) the layer's whole weight tensor, the zeros
+pruned in earlier rounds included; ``kept`` only the still-unpruned weights, which makes a
+fixed quality prune more every round. (Distiller's SensitivityPruner, another reading of
+Han, instead computes the std once, at its first pruning, and keeps that absolute threshold
+for every later round.) Pruned weights never come back (masks).
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from baselines.weight_decay import l2_penalty
+from baselines.penalties import prunable_penalty
 from study import sparsity
 from study.method import Method, MethodContext, MethodParams, Phase, check_fields
 
@@ -132,9 +138,7 @@ class Magnitude(Method):
             raise ValueError(f"magnitude: unknown layer {unknown[0]!r} in layer_quality; valid: {', '.join(layers)}")
 
     def penalty(self, model: nn.Module) -> Tensor | None:
-        if self.params.lam == 0:
-            return None
-        return l2_penalty(sparsity.prunable_weights(model).values(), self.params.lam)
+        return prunable_penalty(model, self.params.lam)
 
     def quality_for(self, layer: str, round_index: int) -> float:
         base = self.layer_quality.get(layer, self.params.quality)

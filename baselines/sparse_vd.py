@@ -28,10 +28,10 @@ SGD (lr 0.1) the KL gradient on θ grows like 1/θ as θ shrinks (log α = log �
 and the error trajectory is erratic (epochs at 20-37 % test error between good ones);
 log σ² barely moves under SGD either, which ``sigma_lr_scale`` (default 1) can correct.
 
-Implementation: ``attach`` turns every Linear/Conv module into a variational subclass in
-place (``module.__class__``), registering ``log_sigma2`` next to ``weight`` (which plays
-θ). Parameter names stay ``fc1.weight``; the classes live at module level, so the model
-still pickles.
+Implementation: ``attach`` turns every Linear/Conv module into a variational class in place
+(``baselines.layer_swap``: ``SVDLinear``, ``SVDConv2d``, …), registering ``log_sigma2`` next
+to ``weight`` (which plays θ). Parameter names stay ``fc1.weight``; the classes live in this
+module, so the model still pickles.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from study import sparsity
+from baselines.layer_swap import SwappedLayer, effective_weights, layer_classes, swap_layers, swapped_layers
 from study.method import Method, MethodParams, Phase, check_fields
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
@@ -58,7 +58,7 @@ def neg_kl(log_alpha: Tensor) -> Tensor:
 
 
 # -- the variational layers ----------------------------------------------------------------
-class _Variational(nn.Module):
+class _Variational(SwappedLayer):
     """Mixin placed before nn.Linear / nn.ConvNd: θ = ``weight``, plus ``log_sigma2``."""
 
     log_sigma2: nn.Parameter
@@ -73,44 +73,17 @@ class _Variational(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:  # deterministic: the posterior mean with dropped weights zeroed
-            return self.layer_forward(x, self.weight * self.keep_mask(), self.bias)
+            return self.layer_forward(x, self.effective_weight(), self.bias)
         mean = self.layer_forward(x, self.weight, self.bias)
         var = self.layer_forward(x * x, torch.exp(self.log_sigma2), None)
         return mean + torch.sqrt(var + _VAR_EPS) * torch.randn_like(mean)
 
-    def layer_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        raise NotImplementedError
+    def effective_weight(self) -> Tensor:
+        return self.weight * self.keep_mask()
 
 
-class SVDLinear(_Variational, nn.Linear):
-    def layer_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.linear(x, weight, bias)
-
-
-class _SVDConv(_Variational):
-    def layer_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return self._conv_forward(x, weight, bias)  # type: ignore[attr-defined]
-
-
-class SVDConv1d(_SVDConv, nn.Conv1d):
-    pass
-
-
-class SVDConv2d(_SVDConv, nn.Conv2d):
-    pass
-
-
-class SVDConv3d(_SVDConv, nn.Conv3d):
-    pass
-
-
-VARIATIONAL_CLASSES: dict[type[nn.Module], type[_Variational]] = {
-    nn.Linear: SVDLinear, nn.Conv1d: SVDConv1d, nn.Conv2d: SVDConv2d, nn.Conv3d: SVDConv3d,
-}
-
-
-def variational_layers(model: nn.Module) -> dict[str, _Variational]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, _Variational)}
+# SVDLinear, SVDConv1d, SVDConv2d, SVDConv3d: _Variational before each prunable layer type.
+VARIATIONAL_CLASSES = layer_classes(_Variational, "SVD")
 
 
 # -- the method ----------------------------------------------------------------------------
@@ -146,16 +119,11 @@ class SparseVD(Method):
         self.steps = 0  # optimizer steps taken: drives the KL warm-up
 
     def attach(self, model: nn.Module) -> None:
-        for name, module in sparsity.prunable_layers(model).items():
-            if isinstance(module, _Variational):  # attached before (e.g. resumed): keep it
-                continue
-            if type(module) not in VARIATIONAL_CLASSES:
-                valid = ", ".join(c.__name__ for c in VARIATIONAL_CLASSES)
-                kind = type(module).__name__
-                raise ValueError(f"sparse-vd: cannot use layer {name!r} of type {kind}; valid: {valid}")
-            module.__class__ = VARIATIONAL_CLASSES[type(module)]
+        def add_variance(module: _Variational) -> None:
             module.log_alpha_threshold = self.params.log_alpha_threshold
             module.log_sigma2 = nn.Parameter(torch.full_like(module.weight, self.params.log_sigma2_init))
+
+        swap_layers(model, VARIATIONAL_CLASSES, self.name, add_variance)
 
     def kl_weight(self) -> float:
         """Linear warm-up from 0 to 1 over ``warmup_epochs`` epochs of optimizer steps."""
@@ -164,7 +132,7 @@ class SparseVD(Method):
 
     def kl(self, model: nn.Module) -> Tensor | None:
         """Σ KL over every variational weight (the approximation, so ≥ 0)."""
-        terms = [-neg_kl(m.log_alpha()).sum() for m in variational_layers(model).values()]
+        terms = [-neg_kl(m.log_alpha()).sum() for m in swapped_layers(model, _Variational).values()]
         return torch.stack(terms).sum() if terms else None
 
     def penalty(self, model: nn.Module) -> Tensor | None:
@@ -176,7 +144,7 @@ class SparseVD(Method):
 
     def after_backward(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
         if self.params.sigma_lr_scale != 1.0:
-            for m in variational_layers(model).values():
+            for m in swapped_layers(model, _Variational).values():
                 if m.log_sigma2.grad is not None:
                     m.log_sigma2.grad.mul_(self.params.sigma_lr_scale)
 
@@ -187,17 +155,12 @@ class SparseVD(Method):
     def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
         """Nothing to threshold by hand: log α decides what is pruned, in both phases."""
 
-    @torch.no_grad()
     def effective_weights(self, model: nn.Module) -> dict[str, Tensor]:
-        out = {}
-        for name, module in sparsity.prunable_layers(model).items():
-            w = module.weight.detach()
-            out[f"{name}.weight"] = w * module.keep_mask() if isinstance(module, _Variational) else w
-        return out
+        return effective_weights(model)
 
     @torch.no_grad()
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
-        layers = variational_layers(model).values()
+        layers = swapped_layers(model, _Variational).values()
         if not layers:
             return {}
         log_alpha = torch.cat([m.log_alpha().reshape(-1) for m in layers])

@@ -4,7 +4,8 @@ A method is a small class with typed hyperparameters (a dataclass ``Params``) an
 hooks that the loop calls in this order, every step and every epoch::
 
     attach(model)                      once, before the optimizer is built
-    loss = data_loss + penalty(model)  every step
+    out = forward(model, x, y)         every step: the step's own forward pass
+    loss = data_loss(out) + penalty(model)
     loss.backward(); after_backward(model, x, y)
     optimizer.step(); after_step(model) (then masks are re-applied)
     end_epoch(model, epoch, phase)     thresholding, prune/retrain schedules
@@ -61,6 +62,11 @@ class Method:
     def attach(self, model: nn.Module) -> None:
         """Set up what the method needs (gates, buffers). Called before the optimizer exists."""
 
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The step's forward pass: the model's output on x (y: the labels). A method that needs
+        this forward's graph overrides it; the loss backward frees the graph right after."""
+        return model(x)
+
     def penalty(self, model: nn.Module) -> Tensor | None:
         """A term added to the data loss, or None."""
         return None
@@ -104,6 +110,36 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.masks = {k: v.to(device) for k, v in state.get("masks", {}).items()}
+
+
+@dataclass
+class ThresholdParams(MethodParams):
+    """λ and T of a method that shrinks weights while training and prunes |w| < T.
+
+    Subclasses redeclare both fields with their own defaults and comments."""
+
+    lam: float = 0.0  # λ: how strongly weights are shrunk (the subclass says how)
+    threshold: float = 0.0  # T: |w| < T is pruned at the end of every sparsify epoch
+
+    def __post_init__(self) -> None:
+        for name in ("lam", "threshold"):
+            value = getattr(self, name)
+            # the chained comparison is False for NaN, negative and infinite values
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be >= 0 and finite, got {value!r}")
+
+
+class ThresholdMethod(Method):
+    """The sensitivity method's procedure with another shrinkage: the subclass shrinks weights
+    in both phases (a penalty or an update, strength λ) and, at the end of every sparsify epoch,
+    every prunable weight with |w| < T is zeroed and masked."""
+
+    Params: ClassVar[type[MethodParams]] = ThresholdParams
+    params: ThresholdParams
+
+    def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
+        if phase == "sparsify":
+            self.threshold_prune(model, self.params.threshold)
 
 
 def check_fields(obj: object, checks: dict[str, bool], prefix: str = "invalid ", suffix: str = "") -> None:

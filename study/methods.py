@@ -5,6 +5,7 @@ import dataclasses
 import typing
 from typing import Any
 
+from baselines.decay import Decay
 from baselines.gmp import GradualMagnitude
 from baselines.l0 import L0HardConcrete
 from baselines.l1 import L1
@@ -23,6 +24,7 @@ METHODS: dict[str, type[Method]] = {
         SensitivityUnspec,
         SensitivitySpec,
         WeightDecay,
+        Decay,
         L1,
         Magnitude,
         L0HardConcrete,

@@ -79,7 +79,7 @@ OBJECTIVE_METRICS: tuple[str, ...] = (
 # sensitivity statistics ``sens.<layer>.<stat>``.
 REMAINING_PREFIX = "remaining."
 SENS_PREFIX = "sens."
-SENS_STATS: tuple[str, ...] = ("q10", "q50", "q90", "mean", "frac_ge1")
+SENS_STATS: tuple[str, ...] = ("q10", "q50", "q90", "mean", "frac_ge1", "frac_zero")
 
 
 def remaining_key(layer: str) -> str:

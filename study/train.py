@@ -114,7 +114,7 @@ def train_step(
 ) -> Tensor | None:
     """One optimizer step through the method's hooks. Returns the data loss, or None (and no
     update) when the total loss is not finite."""
-    loss = F.cross_entropy(model(x), y)
+    loss = F.cross_entropy(method.forward(model, x, y), y)
     penalty = method.penalty(model)
     total = loss if penalty is None else loss + penalty
     if not torch.isfinite(total.detach()):

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.l1 import L1, L1Params, l1_penalty
-from baselines.weight_decay import WeightDecay, WeightDecayParams, l2_penalty
+from baselines.l1 import L1, L1Params
+from baselines.penalties import l1_penalty, l2_penalty
+from baselines.weight_decay import WeightDecay, WeightDecayParams
 from study.method import MethodContext
 
 CONTEXT = MethodContext(train_size=100, num_classes=3, epochs=5, steps_per_epoch=4)

@@ -138,12 +138,33 @@ def test_penalty_is_lambda_over_n_times_expected_l0_and_trains_the_gates() -> No
 
 def test_weight_decay_term_is_reweighted_by_the_gate_probability() -> None:
     model = mlp()
-    method = attached(model, lam=0.0, weight_decay=0.1)
+    method = attached(model, lam=0.0, weight_decay=0.1, bias_decay=False)  # the weights' term alone
     expected = sum(
         (prob_nonzero(m.log_alpha, BETA, GAMMA, ZETA) * 0.05 * m.weight.reshape(-1) ** 2).sum().item()
         for m in (model[0], model[2])
     )
     assert method.penalty(model).item() == pytest.approx(float(expected), rel=1e-6)
+    method.penalty(model).backward()
+    assert model[0].bias.grad is None and model[2].bias.grad is None
+
+
+@pytest.mark.parametrize("gates", ["weight", "neuron"])
+def test_bias_decay_is_the_authors_l2_on_biases_reweighted_where_gated(gates: str) -> None:
+    """As in AMLab-Amsterdam/L0_regularization: (wd/2)·b² on a Linear bias, and on a conv bias
+    behind a neuron gate (wd/2)·b²·P(z ≠ 0) of its channel; the default."""
+    assert L0Params().bias_decay is True
+    model = convnet()
+    method = attached(model, gates=gates, lam=0.0, weight_decay=0.1)
+    conv, fc = model[0], model[3]
+    without = L0HardConcrete(L0Params(gates=gates, lam=0.0, weight_decay=0.1, bias_decay=False), context())
+    with torch.no_grad():
+        conv.log_alpha.uniform_(-2, 2)
+        conv_on = prob_nonzero(conv.log_alpha, BETA, GAMMA, ZETA) if gates == "neuron" else 1.0
+        expected = (conv_on * 0.05 * conv.bias ** 2).sum() + (0.05 * fc.bias ** 2).sum()
+        assert (method.penalty(model) - without.penalty(model)).item() == pytest.approx(float(expected), rel=1e-5)
+    method.penalty(model).backward()
+    torch.testing.assert_close(fc.bias.grad, 0.1 * fc.bias.detach())  # d/db (wd/2)·b² = wd·b
+    torch.testing.assert_close(conv.bias.grad, 0.1 * conv.bias.detach() * conv_on)
 
 
 def test_neuron_gates_count_the_group_size_in_the_penalty() -> None:

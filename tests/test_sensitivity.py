@@ -1,6 +1,7 @@
 """sensitivity(): every path against brute-force per-sample Jacobians (torch.func), float64."""
 from __future__ import annotations
 
+import copy
 import itertools
 import warnings
 
@@ -15,7 +16,7 @@ from study.sparsity import prunable_layers
 
 KINDS = ("unspec", "spec")
 OUTPUTS = ("logits", "softmax")
-AGGREGATES = ("sample", "batch")
+AGGREGATES = ("sample", "sum", "serene", "batch")
 SCOPES = ("weights", "all")
 CLASSES = 3
 # Classes per unspecific backward: one at a time, uneven (2 + 1), all at once, automatic.
@@ -54,8 +55,13 @@ def combine(jac, target, kind, aggregate, scope):
         if name.endswith(".bias") and scope == "weights":
             continue
         a = alpha.reshape(batch, classes, *([1] * (j.dim() - 2)))
+        per_sample = (a * j.abs()).sum((0, 1))  # Σ_n Σ_k α |∂y_k(x_n)/∂w|
         if aggregate == "sample":
-            out[name] = (a * j.abs()).sum((0, 1)) / batch
+            out[name] = per_sample / batch
+        elif aggregate == "sum":
+            out[name] = per_sample
+        elif aggregate == "serene":  # the batch-mean output's per-sample derivative, averaged
+            out[name] = per_sample / batch**2
         else:
             out[name] = ((a * j).sum(0) / batch).abs().sum(0)
     return out
@@ -182,13 +188,14 @@ def recording_grad(monkeypatch, fail_batched=False):
 
 
 def test_automatic_class_chunk_keeps_delta_under_the_budget(monkeypatch):
-    """None: the most classes whose δ (chunk × Σ numel(z)) fit DELTA_ELEMENTS, at least one."""
+    """None: the most classes whose δ (chunk × Σ numel(z)) fit DELTA_ELEMENTS, at least one.
+    (Batched backwards: a model without conv layers; with them, see the next test.)"""
     torch.manual_seed(9)
-    model = convnet(True)
-    x, target = batch_for("conv")
+    model = mlp(True)
+    x, target = batch_for("mlp")
     want = sensitivity(model, x, target, "unspec", scope="all")
-    # Layer outputs per batch: conv1 (5, 3, 4, 5), conv2 (5, 4, 4, 4), linear (5, 3).
-    per_class = 5 * 3 * 4 * 5 + 5 * 4 * 4 * 4 + 5 * 3
+    # Layer outputs per batch: (5, 5), (5, 4), (5, 3).
+    per_class = 5 * 5 + 5 * 4 + 5 * 3
     calls = recording_grad(monkeypatch)
     for budget, chunks in ((3 * per_class, [3]), (3 * per_class - 1, [2, 1]),
                            (2 * per_class - 1, [1, 1, 1]), (1, [1, 1, 1])):
@@ -207,11 +214,26 @@ def test_automatic_class_chunk_keeps_delta_under_the_budget(monkeypatch):
     assert calls == [((5, CLASSES), False)]
 
 
+def test_conv_models_take_one_backward_per_class(monkeypatch):
+    """vmap has no batching rule for the conv and pooling backwards (it loops and copies), so a
+    model with conv layers gets one plain backward per class, whatever the class chunk."""
+    torch.manual_seed(9)
+    model = convnet(True)
+    x, target = batch_for("conv")
+    want = sensitivity(model, x, target, "unspec", scope="all")
+    calls = recording_grad(monkeypatch)
+    for chunk in (None, 1, 2, 3):
+        calls.clear()
+        assert_close(sensitivity(model, x, target, "unspec", scope="all", class_chunk=chunk), want,
+                     rtol=1e-12)
+        assert calls == [((5, CLASSES), False)] * CLASSES
+
+
 def test_fallback_without_batched_backward(monkeypatch):
     """If the batched backward is unavailable, one backward per class gives the same S."""
     torch.manual_seed(8)
-    model = convnet(True)
-    x, target = batch_for("conv")
+    model = mlp(True)  # batched backwards apply (no conv layer)
+    x, target = batch_for("mlp")
     want = sensitivity(model, x, target, "unspec", scope="all")
     grad = torch.autograd.grad
 
@@ -226,8 +248,8 @@ def test_fallback_without_batched_backward(monkeypatch):
 
 def test_fallback_is_tried_once_per_call_with_class_chunks(monkeypatch):
     torch.manual_seed(8)
-    model = convnet(True)
-    x, target = batch_for("conv")
+    model = mlp(True)  # batched backwards apply (no conv layer)
+    x, target = batch_for("mlp")
     want = sensitivity(model, x, target, "unspec", scope="all")
     calls = recording_grad(monkeypatch, fail_batched=True)
     assert_close(sensitivity(model, x, target, "unspec", scope="all", class_chunk=2), want, rtol=1e-12)
@@ -273,6 +295,11 @@ def test_hand_computed_single_linear_layer():
     assert s("unspec", "sample")["bias"].tolist() == [0.5, 0.5]
     # unspec batch: |mean_n x_nj| / C
     assert s("unspec", "batch")["weight"].tolist() == [[1.0, 0.5], [1.0, 0.5]]
+    # sum: B × sample; serene: sample / B (B = 2)
+    assert s("unspec", "sum")["weight"].tolist() == [[2.0, 3.0], [2.0, 3.0]]
+    assert s("unspec", "sum")["bias"].tolist() == [1.0, 1.0]
+    assert s("unspec", "serene")["weight"].tolist() == [[0.5, 0.75], [0.5, 0.75]]
+    assert s("spec", "sum")["weight"].tolist() == [[1.0, 2.0], [3.0, 4.0]]
     # spec: row i only sees the samples of class i
     assert s("spec", "sample")["weight"].tolist() == [[0.5, 1.0], [1.5, 2.0]]
     assert s("spec", "sample")["bias"].tolist() == [0.5, 0.5]
@@ -390,3 +417,150 @@ def test_quantiles_match_torch():
     want = torch.quantile(v, torch.tensor([0.1, 0.5, 0.9])).tolist()
     assert got == pytest.approx(want, abs=1e-6)
     assert quantiles(torch.tensor([2.0]), (0.1, 0.9)) == [2.0, 2.0]
+
+
+# -- S from the training step's own forward ---------------------------------------------------------
+def step_and_record(monkeypatch, model, x, target, kind, **params):
+    """One study.train.train_step with a sensitivity method. Returns (S the step used, how many
+    separate sensitivity() passes it ran, the model as it was before the step)."""
+    from study import sensitivity as sens
+    from study.method import MethodContext
+    from study.train import train_step
+
+    before = copy.deepcopy(model)
+    recorded, separate = [], []
+    from_graph, separate_pass = sens._from_graph, sens.sensitivity
+
+    def spy_graph(*args, **kwargs):
+        result = from_graph(*args, **kwargs)
+        recorded.append({k: v.clone() for k, v in result.items()})
+        return result
+
+    def spy_separate(*args, **kwargs):
+        separate.append(1)
+        return separate_pass(*args, **kwargs)
+
+    monkeypatch.setattr(sens, "_from_graph", spy_graph)
+    monkeypatch.setattr(sens, "sensitivity", spy_separate)
+    cls = sens.SensitivityUnspec if kind == "unspec" else sens.SensitivitySpec
+    method = cls(sens.SensitivityParams(lam=0.01, threshold=0.0, **params),
+                 MethodContext(len(x), CLASSES, 1, 1))
+    method.attach(model)
+    train_step(model, method, torch.optim.SGD(model.parameters(), lr=0.1), x, target)
+    monkeypatch.undo()
+    assert len(recorded) == 1  # one S per step, from whichever forward
+    return recorded[0], len(separate), before
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "conv"])
+def test_step_forward_matches_sensitivity_and_brute_force(monkeypatch, model_name):
+    """In train mode without dropout or BatchNorm, S comes from the step's own forward (no
+    separate pass) and equals sensitivity() and the brute-force Jacobians."""
+    torch.manual_seed(11)
+    x, target = batch_for(model_name)
+    for kind, output, aggregate in itertools.product(KINDS, OUTPUTS, AGGREGATES):
+        model = mlp(True) if model_name == "mlp" else convnet(True)
+        model.train()
+        chunk = 2 if kind == "unspec" else 0
+        got, separate, before = step_and_record(monkeypatch, model, x, target, kind, output=output,
+                                                aggregate=aggregate, scope="all", class_chunk=chunk)
+        assert separate == 0
+        want = brute_force(before, x, target, kind, output, aggregate, "all")
+        assert_close(got, want)
+        assert_close(got, sensitivity(before, x, target, kind, output, aggregate, "all"), rtol=1e-12)
+
+
+def test_step_forward_conv_bound(monkeypatch):
+    torch.manual_seed(12)
+    x, target = batch_for("conv")
+    for kind in KINDS:
+        model = convnet(True).train()
+        got, separate, before = step_and_record(monkeypatch, model, x, target, kind, conv="bound")
+        assert separate == 0
+        assert_close(got, sensitivity(before, x, target, kind, conv="bound"), rtol=1e-12)
+
+
+def test_dropout_in_train_mode_falls_back_to_the_eval_pass(monkeypatch):
+    """The step's forward is stochastic: S comes from a separate eval-mode pass (dropout off)."""
+    torch.manual_seed(13)
+    x, target = batch_for("mlp")
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.5), nn.Linear(5, CLASSES)).double()
+    for kind in KINDS:
+        got, separate, before = step_and_record(monkeypatch, model.train(), x, target, kind)
+        assert separate == 1 and model.training and model[2].training
+        assert_close(got, brute_force(before, x, target, kind, "logits", "sample", "weights"))
+    # The same model in eval mode: the step's forward is exact again.
+    got, separate, before = step_and_record(monkeypatch, model.eval(), x, target, "unspec")
+    assert separate == 0
+    assert_close(got, brute_force(before, x, target, "unspec", "logits", "sample", "weights"))
+
+
+def test_batchnorm_in_train_mode_falls_back_to_running_stats(monkeypatch):
+    torch.manual_seed(14)
+    x, target = batch_for("mlp")
+    model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, CLASSES)).double()
+    with pytest.warns(UserWarning, match="BatchNorm"):
+        got, separate, before = step_and_record(monkeypatch, model.train(), x, target, "spec")
+    assert separate == 1
+    # The separate pass runs after the step's forward has updated the running statistics.
+    with torch.no_grad():
+        before.train()(x)
+    assert_close(got, brute_force(before, x, target, "spec", "logits", "sample", "weights"))
+
+
+def test_frozen_first_layer_falls_back(monkeypatch):
+    """No graph reaches a frozen first layer's output in the step: the separate pass gives S."""
+    torch.manual_seed(15)
+    x, target = batch_for("mlp")
+    model = mlp(True)
+    model[0].requires_grad_(False)
+    got, separate, before = step_and_record(monkeypatch, model, x, target, "unspec")
+    assert separate == 1
+    assert_close(got, brute_force(before, x, target, "unspec", "logits", "sample", "weights"))
+
+
+def test_step_forward_is_exact_names_the_mode_dependent_modules():
+    from study.sensitivity import step_forward_is_exact
+
+    plain = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.LayerNorm(2), nn.InstanceNorm1d(2))
+    assert step_forward_is_exact(plain.train())
+    for module in (nn.Dropout(0.1), nn.AlphaDropout(0.1), nn.BatchNorm1d(2), nn.RReLU(),
+                   nn.InstanceNorm1d(2, track_running_stats=True), nn.MultiheadAttention(2, 1, dropout=0.1)):
+        model = nn.Sequential(nn.Linear(2, 2), module)
+        assert not step_forward_is_exact(model.train()), module
+        assert step_forward_is_exact(model.eval()), module
+    assert step_forward_is_exact(nn.Sequential(nn.MultiheadAttention(2, 1)).train())
+
+
+def test_inplace_activation_matches_brute_force(monkeypatch):
+    """nn.ReLU(inplace=True) (as in VGG) after a layer must not turn δ into the derivative with
+    respect to the activation's output: both paths capture a copy."""
+    torch.manual_seed(16)
+    x, target = batch_for("mlp")
+    make = lambda: nn.Sequential(nn.Linear(6, 5), nn.ReLU(inplace=True), nn.Linear(5, 4),  # noqa: E731
+                                 nn.ReLU(inplace=True), nn.Linear(4, CLASSES)).double()
+    torch.manual_seed(16)
+    model = make()
+    for kind in KINDS:
+        want = brute_force(model, x, target, kind, "logits", "sample", "all")
+        assert_close(sensitivity(model, x, target, kind, scope="all"), want)
+        got, separate, before = step_and_record(monkeypatch, copy.deepcopy(model).train(), x, target,
+                                                kind, scope="all")
+        assert separate == 0
+        assert_close(got, want)
+
+
+def test_functional_inplace_change_of_a_layer_output_is_an_error(monkeypatch):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 5), nn.Linear(5, CLASSES)
+
+        def forward(self, x):
+            return self.b(self.a(x).relu_())  # no module flag announces this one
+
+    x, target = batch_for("mlp")
+    with pytest.raises(ValueError, match="in-place operation changed .* layer 'a'"):
+        sensitivity(Net().double(), x, target)
+    with pytest.raises(ValueError, match="in-place operation"):  # the step falls back, then says so
+        step_and_record(monkeypatch, Net().double(), x, target, "spec")

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study import runformat as rf
 from study.method import Method, MethodContext
 from study.sensitivity import (
     SensitivityMethod,
@@ -18,6 +19,7 @@ from study.sensitivity import (
     insensitivity_decay,
     sensitivity,
 )
+from study.train import train_step  # the loop's own step: S comes from its forward
 
 CONTEXT = MethodContext(train_size=8, num_classes=3, epochs=2, steps_per_epoch=1)
 
@@ -30,18 +32,6 @@ def tiny_model() -> nn.Module:
 def tiny_batch():
     g = torch.Generator().manual_seed(1)
     return torch.randn(8, 4, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-
-
-def train_step(model, method, optimizer, x, y):
-    """One step exactly as study.train.fit does it."""
-    loss = F.cross_entropy(model(x), y)
-    penalty = method.penalty(model)
-    total = loss if penalty is None else loss + penalty
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    method.after_backward(model, x, y)
-    optimizer.step()
-    method.after_step(model)
 
 
 def test_insensitivity_decay_hand_values():
@@ -106,23 +96,42 @@ def test_thresholding_only_in_the_sparsify_phase():
     assert torch.equal(method.masks["0.weight"], ~small)
 
 
-def test_epoch_metrics_describe_the_last_steps_sensitivity():
+def test_epoch_metrics_describe_the_epoch_mean_sensitivity():
+    """The statistics are of each weight's S averaged over the epoch's steps, over the weights
+    not pruned; a new epoch starts new sums."""
     model = tiny_model()
     x, y = tiny_batch()
+    x[:, 1] = 0  # a dead input: the weights it feeds have S = 0 at every step
     method = SensitivityUnspec(SensitivityParams(lam=0.01), CONTEXT)
     method.attach(model)
-    assert method.epoch_metrics(model) == {}
+    assert method.epoch_metrics(model) == {} and method.epoch_sensitivity() == {}
     method.prune(model, {"0.weight": model[0].weight.detach().abs() > 0.1})
-    train_step(model, method, torch.optim.SGD(model.parameters(), lr=0.1), x, y)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = []  # S of each step at its pre-step weights, by the separate pass
+    for batch in (slice(0, 5), slice(5, 8), slice(0, 8)):  # uneven batches, as an epoch's last
+        steps.append(sensitivity(model, x[batch], y[batch], kind="unspec"))
+        train_step(model, method, optimizer, x[batch], y[batch])
     metrics = method.epoch_metrics(model)
-    assert set(metrics) == {f"sens.{layer}.{stat}" for layer in ("0", "2")
-                            for stat in ("q10", "q50", "q90", "mean", "frac_ge1")}
-    s = method.last_sensitivity["0.weight"][method.masks["0.weight"]]  # unpruned weights only
+    assert set(metrics) == {rf.sens_key(layer, stat) for layer in ("0", "2") for stat in rf.SENS_STATS}
+    assert "frac_zero" in rf.SENS_STATS
+    mean = {name: sum(s[name] for s in steps) / 3 for name in steps[0]}
+    got = method.epoch_sensitivity()
+    assert set(got) == set(mean) and all(torch.allclose(got[n], mean[n], rtol=1e-12) for n in mean)
+    s = mean["0.weight"][method.masks["0.weight"]]  # unpruned weights only
     want = torch.quantile(s, torch.tensor([0.1, 0.5, 0.9], dtype=s.dtype)).tolist()
-    got = [metrics["sens.0.q10"], metrics["sens.0.q50"], metrics["sens.0.q90"]]
-    assert got == pytest.approx(want, rel=1e-6)  # reported in float32
+    got_q = [metrics["sens.0.q10"], metrics["sens.0.q50"], metrics["sens.0.q90"]]
+    assert got_q == pytest.approx(want, rel=1e-6)  # reported in float32
     assert metrics["sens.0.mean"] == pytest.approx(s.mean().item())
     assert metrics["sens.0.frac_ge1"] == pytest.approx((s >= 1).double().mean().item())
+    dead = method.masks["0.weight"][:, 1].sum().item()  # unpruned weights fed by the dead input
+    assert dead > 0 and metrics["sens.0.frac_zero"] == pytest.approx(dead / s.numel())
+    assert metrics["sens.2.frac_zero"] == 0
+    # the epoch ends; its statistics stay until the next epoch's first step starts new sums
+    method.end_epoch(model, 1, "reach")
+    assert method.epoch_metrics(model) == metrics
+    fresh = sensitivity(model, x, y, kind="unspec")
+    train_step(model, method, optimizer, x, y)
+    assert all(torch.allclose(method.epoch_sensitivity()[n], fresh[n], rtol=1e-12) for n in fresh)
 
 
 def test_method_classes():
@@ -162,3 +171,20 @@ def test_class_chunk_reaches_sensitivity_and_changes_nothing(monkeypatch, class_
     assert seen == [passed]  # 0 (the MLflow-friendly "automatic") becomes None
     want = sensitivity(model, x, y, kind="unspec")
     assert all(torch.allclose(s[name], want[name], rtol=1e-12, atol=0) for name in want)
+
+
+def test_method_pickles_after_a_step_and_keeps_its_statistics():
+    """Its cached view of the model holds a weak reference; pickling drops it and the next step
+    rebuilds it (e.g. when a trainer object is sent to another process)."""
+    import pickle
+
+    model = tiny_model()
+    x, y = tiny_batch()
+    method = SensitivitySpec(SensitivityParams(lam=0.01), CONTEXT)
+    method.attach(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_step(model, method, optimizer, x, y)
+    copy_ = pickle.loads(pickle.dumps(method))
+    assert copy_.epoch_metrics(model) == method.epoch_metrics(model)
+    train_step(model, copy_, optimizer, x, y)
+    assert copy_._steps == 2
