@@ -7,8 +7,8 @@ After every optimizer step each parameter in scope is shrunk by λ times its pre
 λ is a rate per step, not scaled by the learning rate, as in the sensitivity methods (unlike
 ``weight-decay``, whose (λ/2)‖w‖² penalty shrinks w by lr·λ·w per SGD step). Everything else is
 the sensitivity methods' too: the decay is taken from the weights before the step (in
-``after_backward``) and subtracted after it, in the same order of operations as
-``study.sensitivity.SensitivityMethod``; the same two phases; at the end of every sparsify
+``after_backward``) and subtracted after it by the very code of the sensitivity methods
+(``study.sensitivity.DecayUpdate``); the same two phases; at the end of every sparsify
 epoch every prunable weight with |w| < T is zeroed and masked; the same ``scope`` (``weights``:
 the prunable weights; ``all``: their layers' biases too), the same checks on λ and T and the
 same defaults, taken from ``SensitivityParams``. So a sensitivity run in which every S is 0 is
@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from study import sparsity
-from study.method import MethodContext, ThresholdMethod, ThresholdParams
-from study.sensitivity import CITATION, SCOPES, Scope, SensitivityParams
+from study.method import ThresholdParams
+from study.sensitivity import CITATION, SCOPES, DecayUpdate, Scope, SensitivityParams
 
 
 def decayed_parameters(model: nn.Module, scope: str) -> dict[str, Tensor]:
@@ -53,25 +53,14 @@ class DecayParams(ThresholdParams):
             raise ValueError(f"invalid scope={self.scope!r}; valid: {', '.join(SCOPES)}")
 
 
-class Decay(ThresholdMethod):
+class Decay(DecayUpdate):
     name = "decay"
     citation = f"{CITATION} Their update with the sensitivity term removed (S = 0): the matched control."
     Params = DecayParams
     params: DecayParams
 
-    def __init__(self, params: DecayParams, context: MethodContext) -> None:
-        super().__init__(params, context)
-        self.decay: dict[str, Tensor] = {}  # λ·w at the pre-step weights, subtracted after the step
-
     def after_backward(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+        # d = w at the pre-step weights (a copy: the optimizer step changes w in place)
         with torch.no_grad():
-            self.decay = {name: self.params.lam * w.detach()
+            self.decay = {name: w.detach().clone()
                           for name, w in decayed_parameters(model, self.params.scope).items()}
-
-    def after_step(self, model: nn.Module) -> None:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, decay in self.decay.items():
-                params[name].sub_(decay)
-        self.decay = {}
-        super().after_step(model)

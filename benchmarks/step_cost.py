@@ -27,7 +27,6 @@ other jobs, with ``--threads 1``, it leaves out the time the process waited for 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from typing import Callable
@@ -35,23 +34,13 @@ from typing import Callable
 import torch
 
 from study.data import load_dataset
-from study.method import MethodContext
 from study.methods import build_method, method_names
 from study.models import build_model
-from study.train import train_step
+from study.options import parse_assignments
+from study.settings import TrainConfig, choose_device
+from study.train import method_context, train_step
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def options(items: list[str] | None) -> dict[str, str]:
-    """``["shape=1x28x28"]`` → ``{"shape": "1x28x28"}`` (values stay strings, as on the CLI)."""
-    out: dict[str, str] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"--data-option expects KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = value.strip()
-    return out
 
 
 def timer(name: str, args: argparse.Namespace, bundle, device: str,
@@ -60,8 +49,7 @@ def timer(name: str, args: argparse.Namespace, bundle, device: str,
     duration."""
     torch.manual_seed(0)
     model = build_model(args.arch, bundle.input_shape, bundle.num_classes).to(device)
-    steps = math.ceil(len(bundle.train) / args.batch_size)
-    context = MethodContext(len(bundle.train), bundle.num_classes, max(1, args.epochs), steps)
+    context = method_context(bundle, TrainConfig(epochs=max(1, args.epochs), batch_size=args.batch_size))
     method = build_method(name, {}, context)
     method.attach(model)
     model.to(device)
@@ -120,10 +108,10 @@ def main() -> None:
     unknown = [m for m in names if m not in method_names()]
     if unknown:
         parser.error(f"unknown method {unknown[0]!r}; valid: {', '.join(method_names())}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = choose_device(args.device)
     if args.clock == "cpu" and device != "cpu":
         parser.error(f"--clock cpu measures CPU time; it cannot time work on {device}")
-    bundle = load_dataset(args.dataset, root=args.data_root, **options(args.data_option)).to(device)
+    bundle = load_dataset(args.dataset, root=args.data_root, **parse_assignments(args.data_option, "--data-option")).to(device)
     units = {name: timer(name, args, bundle, device, CLOCKS[args.clock]) for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
     warmup = 1 if args.epochs and args.warmup else args.warmup

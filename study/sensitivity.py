@@ -78,7 +78,7 @@ from torch import Tensor, nn
 
 from study import runformat as rf
 from study import sparsity
-from study.method import Method, MethodContext, MethodParams, Phase
+from study.method import Method, MethodContext, MethodParams, Phase, ThresholdMethod
 
 Kind = Literal["unspec", "spec"]
 Output = Literal["logits", "softmax"]
@@ -617,7 +617,29 @@ class _Plan:
     inplace: bool                    # a module works in place: capture with clones
 
 
-class SensitivityMethod(Method):
+class DecayUpdate(ThresholdMethod):
+    """The update the sensitivity methods share with their matched control ``decay``: after the
+    optimizer step every parameter in scope moves by −λ·d, with d taken from the pre-step
+    weights in ``after_backward`` (d = w·max(0, 1 − S) here, d = w for ``decay``); then the
+    masks are re-applied, and every sparsify epoch ends with |w| < T pruned."""
+
+    def __init__(self, params: MethodParams, context: MethodContext) -> None:
+        super().__init__(params, context)
+        self.decay: dict[str, Tensor] = {}  # d per parameter name, set by after_backward
+
+    def named_parameters(self, model: nn.Module) -> dict[str, Tensor]:
+        return dict(model.named_parameters())
+
+    def after_step(self, model: nn.Module) -> None:
+        params = self.named_parameters(model)
+        with torch.no_grad():
+            for name, decay in self.decay.items():
+                params[name].sub_(decay, alpha=self.params.lam)
+        self.decay = {}
+        super().after_step(model)
+
+
+class SensitivityMethod(DecayUpdate):
     """Sensitivity-driven regularization: after every step w ← w − λ·w·max(0, 1 − S(w)).
 
     S is taken at the pre-step weights: from the step's own forward (``forward``) when that is
@@ -633,7 +655,6 @@ class SensitivityMethod(Method):
     def __init__(self, params: SensitivityParams, context: MethodContext) -> None:
         super().__init__(params, context)
         self.params: SensitivityParams = params
-        self.decay: dict[str, Tensor] = {}
         self._plan: _Plan | None = None
         self._step_s: dict[str, Tensor] | None = None  # S from this step's forward, if exact
         self._s_sum: dict[str, Tensor] = {}           # Σ over the epoch's steps of each weight's S
@@ -680,25 +701,24 @@ class SensitivityMethod(Method):
                                    p.conv, p.class_chunk or None, retain=True)
         return logits
 
-    def after_backward(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+    def step_sensitivity(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """This step's S: from the step's forward when that was exact, else the separate pass."""
         s = self._step_s if self._step_s is not None else self.compute_sensitivity(model, x, y)
         self._step_s = None
-        params = self._plan_for(model).params
+        return s
+
+    def after_backward(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+        s = self.step_sensitivity(model, x, y)
+        params = self.named_parameters(model)
         with torch.no_grad():
             self._accumulate(s)
             self.decay = {name: _decay_in_place(params[name].detach(), s[name]) for name in s}
 
-    def after_step(self, model: nn.Module) -> None:
-        params = self._plan_for(model).params
-        with torch.no_grad():
-            for name, decay in self.decay.items():
-                params[name].sub_(decay, alpha=self.params.lam)
-        self.decay = {}
-        super().after_step(model)
+    def named_parameters(self, model: nn.Module) -> dict[str, Tensor]:
+        return self._plan_for(model).params
 
     def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
-        if phase == "sparsify":
-            self.threshold_prune(model, self.params.threshold)
+        super().end_epoch(model, epoch, phase)
         self._epoch_over = True
 
     # -- statistics -----------------------------------------------------------------------------

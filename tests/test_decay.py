@@ -112,7 +112,7 @@ def test_sensitivity_with_every_s_zero_is_decay_bit_for_bit(kind: str, scope: st
     assert control[1][-1]["compression"] > 1.0  # the threshold did prune: the comparison covers it
     assert not _same_run(_run(kind, params, data), control)  # the real S makes a difference
 
-    real = SensitivityMethod.compute_sensitivity
-    monkeypatch.setattr(SensitivityMethod, "compute_sensitivity",
+    real = SensitivityMethod.step_sensitivity  # S of the step, from its forward or the separate pass
+    monkeypatch.setattr(SensitivityMethod, "step_sensitivity",
                         lambda self, model, x, y: {k: torch.zeros_like(s) for k, s in real(self, model, x, y).items()})
     assert _same_run(_run(kind, params, data), control)
