@@ -11,9 +11,12 @@
 - ``epochs``: one row per trial × epoch: the trial's ids, status and params, ``epoch``,
   ``phase`` (reach, sparsify, or unknown when the trial logged no ``phase_index``) and every
   metric logged at that step;
-- ``layers``: one row per trial × epoch × layer: ``remaining`` (fraction) and, for the
-  sensitivity methods, ``sens_q10``, ``sens_q50``, ``sens_q90``, ``sens_mean``,
-  ``sens_frac_ge1``.
+- ``layers``: one row per trial × epoch × layer: ``remaining_pct`` (% of the layer's weights
+  left) and, for the sensitivity methods, ``sens_<stat>`` per statistic of
+  ``runformat.SENS_STATS`` (``sens_q50``, ``sens_frac_zero``, ...).
+
+Studies logged before ``remaining.<layer>`` (a fraction) became ``remaining_pct.<layer>`` (%)
+read as if written under the new name (``runformat.legacy_remaining``).
 
 Failed, diverged, pruned, running and superseded trials are kept and flagged, never dropped;
 ``Runs.usable_epochs()`` is the one place that leaves failed and superseded trials out;
@@ -274,7 +277,7 @@ def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]
             "config": config,
         })
         raw_params.append({k: p.get(k) for k in param_names})
-        metric_rows.append(dict(run.data.metrics))
+        metric_rows.append(_current_names(run.data.metrics))
 
     info = pd.DataFrame(info_rows, columns=[*TRIAL_INFO_COLUMNS, "config"])
     raw = pd.DataFrame(raw_params, columns=param_names)
@@ -293,6 +296,16 @@ def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]
     newest = trials.sort_values("start_time", kind="stable").groupby("trial_id").tail(1).index
     trials["superseded"] = ~trials.index.isin(newest)
     return trials, [*param_names, *missing_core], config_params
+
+
+def _current_names(metrics: dict[str, float]) -> dict[str, float]:
+    """A run's metrics under today's names: legacy ``remaining.<layer>`` fractions become
+    ``remaining_pct.<layer>`` in %."""
+    out = {}
+    for key, value in metrics.items():
+        new = rf.legacy_remaining(key)
+        out[new or key] = 100.0 * value if new else value
+    return out
 
 
 def _histories(client, trial_runs: list, *, bulk: bool) -> pd.DataFrame:
@@ -322,6 +335,11 @@ def _histories(client, trial_runs: list, *, bulk: bool) -> pd.DataFrame:
     big = np.finfo(float).max
     hist["value"] = hist["value"].astype(float).mask(hist["value"] >= big, np.inf).mask(
         hist["value"] <= -big, -np.inf)
+    renamed = hist["key"].map(rf.legacy_remaining)
+    legacy = renamed.notna()
+    if legacy.any():
+        hist.loc[legacy, "value"] *= 100.0
+        hist.loc[legacy, "key"] = renamed[legacy]
     hist = hist.sort_values(["run_id", "key", "step", "timestamp"], kind="stable")
     return hist.drop_duplicates(["run_id", "key", "step"], keep="last")
 
@@ -393,10 +411,10 @@ def _layer_order(client, trials: pd.DataFrame, epochs: pd.DataFrame) -> dict[str
 def _layers_frame(epochs: pd.DataFrame, layer_order: dict[str, list[str]]) -> pd.DataFrame:
     id_cols = [c for c in ("run_id", "trial_id", "status", "config", "method", "arch", "dataset",
                            "seed", "epoch", "phase") if c in epochs.columns]
-    value_cols = ["remaining", *SENS_COLUMNS]
+    value_cols = [rf.REMAINING_PCT, *SENS_COLUMNS]
     parts = []
     for layer in _layer_names(epochs.columns):
-        source = {"remaining": rf.remaining_key(layer),
+        source = {rf.REMAINING_PCT: rf.remaining_key(layer),
                   **{sens_column(s): rf.sens_key(layer, s) for s in SENS_STATS}}
         present = {k: v for k, v in source.items() if v in epochs.columns}
         part = epochs[id_cols + list(present.values())].rename(

@@ -98,11 +98,11 @@ def hardest_layers(selected: pd.DataFrame, layers: Sequence[str]) -> list[str]:
     out = []
     for _, row in selected[selected["met_target"]
                            & (selected["method"] != REFERENCE_METHOD)].iterrows():
-        left = {l: row.get(f"remaining.{l}_mean", np.nan) for l in layers}
+        left = {l: row.get(f"{rf.remaining_key(l)}_mean", np.nan) for l in layers}
         left = {l: v for l, v in left.items() if pd.notna(v)}
         if left:
             low = min(left, key=left.get)
-            out.append(f"{tables.method_label(row['method'])}: {low} ({100 * left[low]:.3g}% left)")
+            out.append(f"{tables.method_label(row['method'])}: {low} ({left[low]:.3g}% left)")
     return out
 
 

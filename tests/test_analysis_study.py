@@ -98,8 +98,8 @@ def test_epochs_and_layers_frames(runs):
     ly = runs.layers
     assert len(ly) == 3 * len(ep)
     row = ly[(ly["run_id"] == ep["run_id"].iloc[0]) & (ly["epoch"] == 6) & (ly["layer"] == "fc1")]
-    assert row["remaining"].item() == pytest.approx(
-        ep[(ep["run_id"] == ep["run_id"].iloc[0]) & (ep["epoch"] == 6)]["remaining.fc1"].item())
+    assert row["remaining_pct"].item() == pytest.approx(
+        ep[(ep["run_id"] == ep["run_id"].iloc[0]) & (ep["epoch"] == 6)]["remaining_pct.fc1"].item())
     sens = ly[ly["method"] == "sensitivity-unspec"]
     assert sens["sens_frac_ge1"].notna().all() and ly[ly["method"] == "l1"]["sens_q50"].isna().all()
     assert list(ly.sort_values("layer_index")["layer"].unique()) == LAYERS
@@ -221,7 +221,7 @@ def test_table_rows_follow_the_rule(report, runs):
         # Per-layer % and the error spread, by hand from the trials at that epoch.
         at = runs.epochs[(runs.epochs["config"] == best["config"])
                          & (runs.epochs["epoch"] == best["epoch"]) & ~runs.epochs["failed"]]
-        assert row["remaining_pct.fc1"] == pytest.approx(100 * at["remaining.fc1"].mean())
+        assert row["remaining_pct.fc1"] == pytest.approx(at["remaining_pct.fc1"].mean())
         if len(at) > 1:
             assert row["test_error_std"] == pytest.approx(at["test_error"].std(ddof=1))
 
