@@ -4,10 +4,9 @@
 
 - ``trials``: one row per trial: ids, ``status`` (finished, diverged, pruned, failed,
   running) with boolean flags, ``stage`` (search or confirm; ``search`` when the run has no
-  stage tag), ``config`` (all params except the seed), ``setting`` (a short
-  label of the method's own params for tables: ``lam`` and ``threshold``, plus any other that
-  varies between the method's trials), every param (numbers parsed), the final (latest)
-  metrics;
+  stage tag), ``config`` (all params except the seed), ``setting`` (a short label for
+  tables: the method's searched or study-set params and its train overrides, see
+  :mod:`analysis.setting`), every param (numbers parsed), the final (latest) metrics;
 - ``epochs``: one row per trial × epoch: the trial's ids, status and params, ``epoch``,
   ``phase`` (reach, sparsify, or unknown when the trial logged no ``phase_index``) and every
   metric logged at that step;
@@ -34,11 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.setting import setting_labels
 from study import runformat as rf
 from study.runformat import CORE_PARAMS, NON_CONFIG_PARAMS, SEED_PARAMS, SENS_STATS, STANDARD_METRICS, STATUSES
 
-#: Method params always named in a row's setting; others only when they vary in the study.
-KEY_SETTINGS: tuple[str, ...] = ("lam", "threshold")
 #: The trials frame's columns that describe one run, not its configuration.
 TRIAL_INFO_COLUMNS: tuple[str, ...] = ("run_id", "trial_id", "parent_run_id", "run_name", "status",
                                        "stage", "mlflow_status", "start_time", "end_time")
@@ -182,12 +180,12 @@ def load_runs(tracking_uri: str | None, experiment: str, *, parent: str = "lates
                       if r.data.tags.get(rf.TAG_PARENT_RUN) == chosen.info.run_id]
     parent = chosen
 
-    trials, params, config_params = _trials_frame(trial_runs)
+    study = _study_yaml(client, parent.info.run_id) if parent is not None else None
+    trials, params, config_params = _trials_frame(trial_runs, study)
     history = _histories(client, trial_runs, bulk=bulk)
     epochs = _epochs_frame(trials, history, params)
     layer_order = _layer_order(client, trials, epochs)
     layers = _layers_frame(epochs, layer_order)
-    study = _study_yaml(client, parent.info.run_id) if parent is not None else None
     return Runs(
         trials=trials, epochs=epochs, layers=layers, experiment=experiment,
         tracking_uri=tracking_uri, experiment_id=exp.experiment_id,
@@ -234,20 +232,8 @@ def _parse_params(raw: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _settings(raw: pd.DataFrame, methods: pd.Series) -> list[str]:
-    """Per trial: ``k=v`` for its method's own params (undotted, not method/arch/dataset/seed)
-    that are in ``KEY_SETTINGS`` or take more than one value among that method's trials."""
-    own = [c for c in raw.columns
-           if "." not in c and c not in CORE_PARAMS and c not in SEED_PARAMS]
-    shown: dict[str, list[str]] = {}
-    for method, part in raw[own].groupby(methods.to_numpy(), sort=False):
-        shown[method] = [c for c in own if part[c].notna().any()
-                         and (c in KEY_SETTINGS or part[c].nunique() > 1)]
-    return [", ".join(f"{c}={row[c]}" for c in shown[m] if row[c] not in (None, "", "None"))
-            for m, (_, row) in zip(methods, raw.iterrows())]
-
-
-def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]:
+def _trials_frame(trial_runs: list, study: dict[str, Any] | None = None
+                  ) -> tuple[pd.DataFrame, list[str], list[str]]:
     param_names: list[str] = []
     for run in trial_runs:
         for key in run.data.params:
@@ -283,7 +269,7 @@ def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]
     raw = pd.DataFrame(raw_params, columns=param_names)
     methods = raw[rf.METHOD].fillna("unknown") if rf.METHOD in raw else pd.Series(
         ["unknown"] * len(raw))
-    info["setting"] = _settings(raw, methods) if len(raw) else []
+    info["setting"] = setting_labels(raw, methods, study) if len(raw) else []
     params = _parse_params(raw)
     metrics = pd.DataFrame(metric_rows)
     metrics = metrics[[c for c in metrics.columns if c not in param_names and c not in info.columns]]

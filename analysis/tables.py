@@ -238,16 +238,19 @@ def format_table(table: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
 _NUMBER_CELL = re.compile(r"[-+]?[\d.,]+(e[-+]?\d+)?\s*[kM%×]?(\s*±\s*[\d.,]+)?|—|N/A|")
 
 
+def numeric_column(display: pd.DataFrame, col: str) -> bool:
+    """Whether every cell of a display column is a number (or a dash): right-aligned."""
+    return all(_NUMBER_CELL.fullmatch(str(v).strip()) for v in display[col])
+
+
 def to_markdown(display: pd.DataFrame) -> str:
     """A GitHub pipe table: numeric columns right-aligned, text left-aligned."""
     def cell(v: Any) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
-    def numeric(col: str) -> bool:
-        return all(_NUMBER_CELL.fullmatch(str(v).strip()) for v in display[col])
-
     lines = ["| " + " | ".join(cell(c) for c in display.columns) + " |",
-             "|" + "|".join("---:" if numeric(c) else ":---" for c in display.columns) + "|"]
+             "|" + "|".join("---:" if numeric_column(display, c) else ":---"
+                            for c in display.columns) + "|"]
     for row in display.itertuples(index=False):
         lines.append("| " + " | ".join(cell(v) for v in row) + " |")
     return "\n".join(lines) + "\n"

@@ -123,19 +123,25 @@ def test_aggregation_of_a_real_store(runs):
 
 def test_report_files(report, runs, tmp_path):
     figs = {p.name for p in (report / "figures").iterdir()}
-    for name in ("pareto", "layer_profile", "training_curves", "sensitivity"):
+    for name in ("pareto", "operating_points", "layer_profile", "training_curves", "sensitivity"):
         for ext in ("png", "pdf"):
             path = report / "figures" / f"{name}_lenet300_mnist.{ext}"
             assert path.name in figs and path.stat().st_size > 5000, path
     for ext in ("md", "csv", "tex"):
         assert (report / "tables" / f"table_lenet300_mnist.{ext}").is_file()
     md = (report / "report.md").read_text()
-    assert md.count("![") == 4 and "Trials that did not finish" in md
+    assert md.count("![") == 5 and "Trials that did not finish" in md
     for trial in ("magnitude-quality0.5-s1", "l1-lam0.0001-threshold0.001-s1",
                   "weight-decay-lam0.0005-s0"):
         assert trial in md
     html = (report / "report.html").read_text()
-    assert html.count("<img ") == 4 and "</html>" in html
+    assert html.count("<img ") == 5 and "</html>" in html
+    # Every file of the folder is linked from the Files section; tables scroll in their box.
+    files = md[md.index("## Files"):]
+    for path in (report / "tables").iterdir():
+        assert f"[tables/{path.name}](tables/{path.name})" in files, path.name
+    assert f'<a href="figures/pareto_lenet300_mnist.pdf">' in html
+    assert html.count('<div class="table-wrap"><table>') == html.count("<table>") > 0
     tex = (report / "tables" / "table_lenet300_mnist.tex").read_text()
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
     assert_latex_compiles(tex, tmp_path)
