@@ -166,8 +166,8 @@ def operating_points_figure(selected: pd.DataFrame, reference: pd.DataFrame,
             sel = _met(selected, m)
             target = float(selected.loc[selected["method"] == m, "target_error"].iloc[0])
             if sel.empty:
-                ax_err.text(0.5, y[m], f"{NONE_SELECTED}: val. error > {target:.2f}% at every "
-                            "point", transform=ax_err.get_yaxis_transform(), va="center",
+                ax_err.text(0.5, y[m], f"{NONE_SELECTED}\n(val. error > {target:.2f}% at every "
+                            "point)", transform=ax_err.get_yaxis_transform(), va="center",
                             ha="center", fontsize="x-small", color="0.3", style="italic",
                             bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85})
                 labels.append(method_label(m))

@@ -18,7 +18,9 @@ def selected_highlights(selected: pd.DataFrame, error: str = "val_error_mean") -
     """Per method (not the reference): its selected compression and ``error``, or "none
     selected"."""
     out = []
-    for _, row in selected[selected["method"] != REFERENCE_METHOD].iterrows():
+    rows = selected[selected["method"] != REFERENCE_METHOD]
+    for _, row in rows.iloc[sorted(range(len(rows)), key=lambda i: tables.method_sort_key(
+            rows["method"].iloc[i]))].iterrows():
         label = tables.method_label(row["method"])
         out.append(f"{label} {row['compression_mean']:.1f}× at {row[error]:.2f}%"
                    if row["met_target"] else f"{label} none selected")

@@ -10,12 +10,13 @@ A trial's label names:
   - take more than one value among the method's trials (searched), or
   - are a ``KEY_SETTINGS`` param (λ, T) with a nonzero value (a method that has no
     regularizer logs ``lam=0.0``: that says nothing);
-- then, after ``train:``, each ``train.*`` param that differs from the study's train block
-  (``train`` in its ``study.yaml``, else the value most trials share): a method's train
-  override, e.g. sparse VD's ``optimizer=adam, lr=0.001``.
+- then each ``train.*`` param that differs from the study's train block (``train`` in its
+  ``study.yaml``, else the value most trials share): a method's train override, e.g. sparse
+  VD's ``train.optimizer=adam, train.lr=0.001``, named as the MLflow param.
 
-Example: ``lam=0.002, threshold=0.02`` or ``warmup_epochs=5, kl_scale=0.1; train:
-optimizer=adam, lr=0.001``.
+Numbers print in their shortest form (``5.0`` → ``5``) when that is the same number.
+Example: ``lam=0.002, threshold=0.02`` or ``warmup_epochs=5, kl_scale=0.1,
+train.optimizer=adam, train.lr=0.001``.
 """
 from __future__ import annotations
 
@@ -29,8 +30,6 @@ from study import runformat as rf
 #: Method params always named in a label when nonzero; others only when the study names them
 #: or they vary among the method's trials.
 KEY_SETTINGS: tuple[str, ...] = ("lam", "threshold")
-#: Where the train overrides start in a label.
-TRAIN_LABEL = "train: "
 _TRAIN_KEY = "train"  # a method's train overrides in a study's ``methods.<method>`` entry
 
 
@@ -46,6 +45,17 @@ def same_value(logged: Any, reference: Any) -> bool:
         return float(a) == float(b)
     except ValueError:
         return a == b
+
+
+def short(value: Any) -> str:
+    """``5.0`` → ``5``, ``1e-05`` stays; text and numbers that ``g`` would round stay as they
+    are."""
+    text = str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return f"{number:g}" if float(f"{number:g}") == number else text
 
 
 def _zero(value: Any) -> bool:
@@ -94,10 +104,9 @@ def setting_labels(raw: pd.DataFrame, methods: pd.Series,
         train_order[method] = list(dict.fromkeys([*first, *train_cols]))
     labels = []
     for method, (_, row) in zip(methods, raw.iterrows()):
-        params = [f"{c}={row[c]}" for c in shown[method] if not _missing(row[c])]
-        train = [f"{c[len(rf.TRAIN_PREFIX):]}={row[c]}" for c in train_order[method]
+        params = [f"{c}={short(row[c])}" for c in shown[method] if not _missing(row[c])]
+        train = [f"{c}={short(row[c])}" for c in train_order[method]
                  if not _missing(row[c]) and c[len(rf.TRAIN_PREFIX):] in study_train
                  and not same_value(row[c], study_train[c[len(rf.TRAIN_PREFIX):]])]
-        labels.append("; ".join(p for p in (", ".join(params),
-                                             TRAIN_LABEL + ", ".join(train) if train else "") if p))
+        labels.append(", ".join([*params, *train]))
     return labels

@@ -79,6 +79,8 @@ def test_trials_frame_keeps_and_flags_every_trial(runs, study):
         t.loc["sensitivity-unspec-lam1e-05-threshold0.001-s1"]
     assert s0["config"] == s1["config"] and "seed" not in s0["config"]
     assert "train.device" not in s0["config"] and s0["setting"] == "lam=1e-05, threshold=0.001"
+    # Magnitude's setting is what the study set for it, not the lam=0.0 it logs.
+    assert t.loc["magnitude-quality0.5-s0", "setting"] == "quality=0.5"
     assert s0["compression"] == pytest.approx(
         runs.epochs.query("run_id == @s0.run_id and epoch == 6")["compression"].item())
     assert runs.parent_run_id == ids["parent"]
@@ -341,6 +343,24 @@ def test_report_on_a_study_that_just_started(mlflow_uri, tmp_path):
     md = (out / "report.md").read_text()
     assert "No trial has logged a complete epoch yet" in md and "2 parent runs" in md
     assert (out / "report.html").is_file()
+
+
+def test_a_study_logged_before_remaining_pct_reads_as_percent(mlflow_uri, tmp_path):
+    """``remaining.<layer>`` (a fraction) was renamed ``remaining_pct.<layer>`` (%)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    name = f"legacy-{tmp_path.name}"
+    exp = client.create_experiment(name, artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(exp, tags={"study.role": "trial", "status": "finished"}).info.run_id
+    client.log_param(run, "method", "l1")
+    for step, value in ((1, 0.5), (2, 0.25)):
+        client.log_metric(run, "remaining.fc1", value, step=step)
+    runs = load_runs(mlflow_uri, name)
+    assert runs.epochs["remaining_pct.fc1"].tolist() == [50.0, 25.0]
+    assert "remaining.fc1" not in runs.epochs.columns
+    assert runs.trials["remaining_pct.fc1"].tolist() == [25.0]
+    assert runs.layers["remaining_pct"].tolist() == [50.0, 25.0]
 
 
 def test_a_report_pulls_in_no_training_side(study, tmp_path):
