@@ -24,6 +24,7 @@ _STYLE = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 
           "th,td{border-bottom:1px solid #ccc;padding:.25em .6em;text-align:right;"
           "vertical-align:top}td{white-space:nowrap}"
           "td.text,th.text{text-align:left;white-space:normal;min-width:9em}"
+          "td.text:last-child{min-width:16em}"
           "th:first-child,td:first-child{text-align:left}"
           "figure{margin:1em 0}img{max-width:100%;height:auto}"
           "code{background:#f4f4f4;padding:0 .2em}code,a{overflow-wrap:anywhere}")
