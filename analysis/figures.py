@@ -374,11 +374,11 @@ def sensitivity_figure(stats: pd.DataFrame, layers: Sequence[str], *,
             right.set_ylabel("Weights (%)\nsolid: S ≥ 1" + ("; dashed: S = 0" if has_zero else ""))
             left.set_title(method_label(m), loc="left", fontsize="medium")
             right.set_ylim(bottom=0)
-            shares = [FRAC_GE1, *([FRAC_ZERO] if has_zero else [])]
-            if not (part[shares].fillna(0) > 0).any().any():
-                right.text(0.5, 0.5, "no weight with S ≥ 1" + (" or S = 0" if has_zero else ""),
-                           transform=right.transAxes, ha="center", va="center",
-                           fontsize="small", color="0.3")
+            if not (part[FRAC_GE1].fillna(0) > 0).any():  # its lines lie on the axis
+                right.set_ylim(0, right.get_ylim()[1] * 1.18)  # room for the words
+                right.text(0.97, 0.95, "no weight reached S ≥ 1", transform=right.transAxes,
+                           ha="right", va="top", fontsize="small", color="0.3",
+                           bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85})
         for ax in axes[-1]:
             ax.set_xlabel("Epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -75,11 +75,14 @@ def test_sensitivity_zeros_are_drawn_as_zeros_and_their_share_as_a_line():
     assert list(q10_fc1.get_ydata()[:2]) == [0.0, 0.0]     # at 0, not at an invented floor
     dashed = [ln for ln in right.get_lines() if ln.get_linestyle() == "--"]
     assert len(dashed) == 2 and list(dashed[0].get_ydata()) == pytest.approx([15, 15, 5, 5])
-    # Without zeros the axis is a plain log axis; older runs without frac_zero draw no share.
+    assert not right.texts
+    # Without zeros the axis is a plain log axis; older runs without frac_zero draw no share;
+    # a share of S ≥ 1 that stays 0 (its lines on the axis) is said in words.
     no_zero = _sens_stats(q10_zero_epochs=()).drop(columns="sens_frac_zero")
-    fig = figures.sensitivity_figure(no_zero, ["fc1", "fc2"])
+    fig = figures.sensitivity_figure(no_zero.assign(sens_frac_ge1=0.0), ["fc1", "fc2"])
     assert fig.axes[0].get_yscale() == "log"
     assert not [ln for ln in fig.axes[1].get_lines() if ln.get_linestyle() == "--"]
+    assert [t.get_text() for t in fig.axes[1].texts] == ["no weight reached S ≥ 1"]
 
 
 def _agg_rows(method, points, met=None):
