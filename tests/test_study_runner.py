@@ -55,7 +55,7 @@ def test_grid_study_end_to_end(ray_session: Any, tiny_study: Any) -> None:
         assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert _steps(config, run.info.run_id) == [1, 2]
-        assert {"remaining.fc1", "compression", "phase_index", "test_loss"} <= set(run.data.metrics)
+        assert {"remaining_pct.fc1", "compression", "phase_index", "test_loss"} <= set(run.data.metrics)
     assert len({r.data.tags["study.trial_id"] for r in children}) == 6
     (entry,) = read_state(config.output_path)["runs"]
     assert entry["complete"] and entry["parent_run_id"] == parent.info.run_id

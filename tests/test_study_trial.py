@@ -150,13 +150,13 @@ def test_trial_logs_one_mlflow_run_with_every_epoch(fake: Any, trial_config: Any
     assert params["method"] == "sensitivity-spec" and params["seed"] == "0" and params["arch"] == "lenet300"
     assert float(params["lam"]) == 1e-3 and "threshold" in params and params["train.epochs"] == "3"
     assert _steps(mlflow_uri, run.info.run_id) == [1, 2, 3]
-    for key in ("remaining.fc1", "phase_index", "compression", "test_loss", "sens.fc1.q50", "sens.fc2.frac_ge1"):
+    for key in ("remaining_pct.fc1", "phase_index", "compression", "test_loss", "sens.fc1.q50", "sens.fc2.frac_ge1"):
         assert key in metrics, key
     client = Tracker(mlflow_uri).client
     assert {f.path for f in client.list_artifacts(run.info.run_id)} == {"layers.csv", "history.csv"}
     layers = client.download_artifacts(run.info.run_id, "layers.csv")
     lines = open(layers).read().splitlines()
-    assert lines[0] == "layer,total,nonzero,bias_total,bias_nonzero,remaining" and len(lines) == 4
+    assert lines[0] == "layer,total,nonzero,bias_total,bias_nonzero,remaining_pct" and len(lines) == 4
 
 
 def test_crash_once_then_retry_continues_from_the_checkpoint(fake: Any, trial_config: Any, mlflow_uri: str) -> None:

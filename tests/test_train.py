@@ -100,7 +100,7 @@ def test_hooks_are_called_in_order_and_phases_switch() -> None:
 def test_every_epoch_reports_the_design_metrics() -> None:
     result = fit(make_model(), Recorder(), make_data(), TrainConfig(epochs=2, reach_epochs=1))
     keys = {"epoch", "phase", "train_loss", "val_loss", "val_error", "test_loss", "test_error",
-            "compression", "sparsity", "nonzero", "memory_kb", "remaining.0", "remaining.2", "epoch_seconds"}
+            "compression", "sparsity", "nonzero", "memory_kb", "remaining_pct.0", "remaining_pct.2", "epoch_seconds"}
     for record in result.history:
         assert keys <= set(record)
     assert [row["layer"] for row in result.layers] == ["0", "2"]
