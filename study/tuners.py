@@ -103,6 +103,7 @@ def study_constants(config: StudyConfig, tracking: dict[str, Any] | None, commit
         "data": config.data.model_dump(mode="json"),
         "model": config.model.model_dump(mode="json"),
         "cpus_per_trial": config.resources.cpus_per_trial,
+        "checkpoint": {"every": config.resources.checkpoint_every, "seconds": config.resources.checkpoint_seconds},
         "tracking": tracking,
         "hooks": dict(hooks or {}),
     }
