@@ -9,6 +9,7 @@ from baselines.decay import Decay
 from baselines.gmp import GradualMagnitude
 from baselines.l0 import L0HardConcrete
 from baselines.l1 import L1
+from baselines.lobster import Lobster
 from baselines.magnitude import Magnitude
 from baselines.none import NoRegularization
 from baselines.sparse_vd import SparseVD
@@ -30,6 +31,7 @@ METHODS: dict[str, type[Method]] = {
         L0HardConcrete,
         SparseVD,
         GradualMagnitude,
+        Lobster,
     )
 }
 

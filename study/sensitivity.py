@@ -85,12 +85,14 @@ Output = Literal["logits", "softmax"]
 Aggregate = Literal["sample", "sum", "serene", "batch"]
 Scope = Literal["weights", "all"]
 ConvMode = Literal["exact", "bound"]
+DecayFrom = Literal["post-step", "pre-step"]
 
 KINDS: tuple[str, ...] = ("unspec", "spec")
 OUTPUTS: tuple[str, ...] = ("logits", "softmax")
 AGGREGATES: tuple[str, ...] = ("sample", "sum", "serene", "batch")
 SCOPES: tuple[str, ...] = ("weights", "all")
 CONV_MODES: tuple[str, ...] = ("exact", "bound")
+DECAY_FROM: tuple[str, ...] = ("post-step", "pre-step")  # the weights d = w·f is taken from
 
 CITATION = (
     "E. Tartaglione, S. Lepsøy, A. Fiandrotti, G. Francini. Learning Sparse Neural Networks "
@@ -198,7 +200,7 @@ class _EvalMode:
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.modes):
             warnings.warn("sensitivity(): BatchNorm in train mode couples the samples of a batch; "
                           "computing the sensitivity with BatchNorm in eval mode (running stats)",
-                          stacklevel=3)
+                          stacklevel=4)
         self.model.eval()
 
     def __exit__(self, *exc: object) -> None:
@@ -504,6 +506,26 @@ def _check_target(target: Tensor, kind: str, classes: int) -> None:
         raise ValueError(f"sensitivity(): target labels must be in [0, {classes})")
 
 
+def _eval_forward(model: nn.Module, layers: dict[str, nn.Module], x: Tensor) -> tuple[_Capture, Tensor]:
+    """The separate pass's forward (also SeReNe's, ``study/serene.py``): the model in eval mode
+    on x, recording each layer's input and output. Returns the capture and the logits, whose
+    graph reaches every recorded output."""
+    capture = _Capture(layers, clone=_has_inplace(model))
+    try:
+        with _EvalMode(model), torch.enable_grad():
+            # An input that requires grad keeps every layer output in the graph, frozen or not.
+            logits = model(x.detach().requires_grad_(x.is_floating_point()))
+            _check_output(logits, x.shape[0])
+    finally:
+        capture.remove()
+    if capture.modified():
+        raise ValueError(f"sensitivity(): an in-place operation changed the input or output of "
+                         f"layer {capture.modified()[0]!r} after it ran; S needs them as the layer "
+                         "saw and produced them (use an out-of-place activation, or a module with "
+                         "inplace=True, which sensitivity() handles)")
+    return capture, logits
+
+
 def sensitivity(
     model: nn.Module,
     x: Tensor,
@@ -537,20 +559,9 @@ def sensitivity(
         raise ValueError(f"sensitivity(): need a non-empty batch with target of shape ({x.shape[0]},), "
                          f"got x {tuple(x.shape)} and target {tuple(target.shape)}")
 
-    capture = _Capture(layers, clone=_has_inplace(model))
-    try:
-        with _EvalMode(model), torch.enable_grad():
-            # An input that requires grad keeps every layer output in the graph, frozen or not.
-            logits = model(x.detach().requires_grad_(x.is_floating_point()))
-            _check_output(logits, x.shape[0])
-            y = logits.softmax(1) if output == "softmax" else logits
-    finally:
-        capture.remove()
-    if capture.modified():
-        raise ValueError(f"sensitivity(): an in-place operation changed the input or output of "
-                         f"layer {capture.modified()[0]!r} after it ran; S needs them as the layer "
-                         "saw and produced them (use an out-of-place activation, or a module with "
-                         "inplace=True, which sensitivity() handles)")
+    capture, logits = _eval_forward(model, layers, x)
+    with torch.enable_grad():
+        y = logits.softmax(1) if output == "softmax" else logits
     _check_target(target, kind, y.shape[1])
     return _from_graph(layers, capture, y, target, kind, aggregate, scope, conv, class_chunk,
                        retain=False)
@@ -621,21 +632,37 @@ class DecayUpdate(ThresholdMethod):
     """The update the sensitivity methods share with their matched control ``decay``: after the
     optimizer step every parameter in scope moves by −λ·d, with d taken from the pre-step
     weights in ``after_backward`` (d = w·max(0, 1 − S) here, d = w for ``decay``); then the
-    masks are re-applied, and every sparsify epoch ends with |w| < T pruned."""
+    masks are re-applied, and every sparsify epoch ends with |w| < T pruned.
+
+    LOBSTER's and SeReNe's code takes d from the weights after the optimizer step instead:
+    ``schedule_decay(..., "post-step")`` leaves a factor f, and the step subtracts λ·w·f."""
 
     def __init__(self, params: MethodParams, context: MethodContext) -> None:
         super().__init__(params, context)
-        self.decay: dict[str, Tensor] = {}  # d per parameter name, set by after_backward
+        self.decay: dict[str, Tensor] = {}   # d per parameter name, set by after_backward
+        self.factor: dict[str, Tensor] = {}  # f per parameter name: d = f · the post-step w
 
     def named_parameters(self, model: nn.Module) -> dict[str, Tensor]:
         return dict(model.named_parameters())
+
+    def schedule_decay(self, params: dict[str, Tensor], factors: dict[str, Tensor],
+                       decay_from: DecayFrom) -> None:
+        """In ``after_backward``: d = w·f for each name in ``factors`` (f broadcasts to w), from
+        the weights now (``pre-step``) or from those after the optimizer step (``post-step``)."""
+        _check_choice("decay_from", decay_from, DECAY_FROM)
+        if decay_from == "pre-step":
+            self.decay = {name: params[name].detach() * f for name, f in factors.items()}
+        else:
+            self.factor = factors
 
     def after_step(self, model: nn.Module) -> None:
         params = self.named_parameters(model)
         with torch.no_grad():
             for name, decay in self.decay.items():
                 params[name].sub_(decay, alpha=self.params.lam)
-        self.decay = {}
+            for name, factor in self.factor.items():
+                params[name].sub_(params[name] * factor, alpha=self.params.lam)
+        self.decay, self.factor = {}, {}
         super().after_step(model)
 
 
@@ -695,11 +722,17 @@ class SensitivityMethod(DecayUpdate):
                 or not all(z.requires_grad for z in capture.outputs.values()) \
                 or y.shape != (x.shape[0],) or capture.modified():
             return logits  # after_backward's separate pass handles (and reports) this case
+        self._step_s = self.graph_sensitivity(plan.layers, capture, logits, y)
+        return logits
+
+    def graph_sensitivity(self, layers: dict[str, nn.Module], capture: _Capture, logits: Tensor,
+                          y: Tensor) -> dict[str, Tensor]:
+        """S from the step's forward graph, which it keeps for the loss backward (SeReNe
+        overrides this and ``compute_sensitivity``)."""
         p = self.params  # labels are checked by the loss (and scatter); no sync here
         out = logits.softmax(1) if p.output == "softmax" else logits
-        self._step_s = _from_graph(plan.layers, capture, out, y, self.kind, p.aggregate, p.scope,
-                                   p.conv, p.class_chunk or None, retain=True)
-        return logits
+        return _from_graph(layers, capture, out, y, self.kind, p.aggregate, p.scope, p.conv,
+                           p.class_chunk or None, retain=True)
 
     def step_sensitivity(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """This step's S: from the step's forward when that was exact, else the separate pass."""
