@@ -1,8 +1,8 @@
 """`lobster`: LOBSTER, loss-based sensitivity regularization.
 
 Tartaglione, Bragagnolo, Fiandrotti, Grangetto, "LOss-Based SensiTivity rEgulaRization: towards
-deep sparse neural networks", Neural Networks 146, 2022 (arXiv:2011.09905). The sensitivity of a parameter is that of the loss, not of
-the network output as in the 2018 method::
+deep sparse neural networks", Neural Networks 146, 2022 (arXiv:2011.09905). The sensitivity of
+a parameter is that of the loss, not of the network output as in the 2018 method::
 
     S(w) = |∂L/∂w|          L: the batch-mean data loss of this step (no penalty: LOBSTER has none)
 
@@ -61,7 +61,8 @@ class LobsterParams(ThresholdParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fields(self, {"lam": self.lam < 1}, suffix="; must be < 1 (w shrinks by at most λ·w per step)")
+        check_fields(self, {"lam": self.lam < 1},
+                     suffix="; must be < 1 (w shrinks by at most λ·w per step)")
         check_fields(self, {"scope": self.scope in SCOPES}, suffix=f"; valid: {', '.join(SCOPES)}")
         check_fields(self, {"decay_from": self.decay_from in DECAY_FROM},
                      suffix=f"; valid: {', '.join(DECAY_FROM)}")

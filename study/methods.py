@@ -17,6 +17,7 @@ from baselines.weight_decay import WeightDecay
 from study.method import Method, MethodContext, MethodParams
 from study.options import coerce
 from study.sensitivity import SensitivitySpec, SensitivityUnspec
+from study.serene import Serene
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
@@ -32,6 +33,7 @@ METHODS: dict[str, type[Method]] = {
         SparseVD,
         GradualMagnitude,
         Lobster,
+        Serene,
     )
 }
 
