@@ -16,7 +16,8 @@ pulled towards zero in proportion to its bounded insensitivity::
 
 then masks are re-applied, and at the end of every sparsify epoch every prunable weight with
 |w| < T is pruned (``study.sensitivity.DecayUpdate``, shared with ``decay`` and the 2018
-method). The authors' code (``LOBSTER.step``, called after ``optimizer.step()``) decays the
+method). Each epoch reports ``sens.<layer>.*``, statistics of the epoch-mean S of the remaining
+weights, as the sensitivity methods do. The authors' code (``LOBSTER.step``, called after ``optimizer.step()``) decays the
 post-step weights with the pre-step gradient; the 2018 method as implemented here decays the
 pre-step weights: ``decay_from: pre-step`` gives that order. ``scope: all`` (their code: every
 parameter of the Linear and Conv layers) also decays the biases; ``rescaled`` divides S by its
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from baselines.decay import decayed_parameters
 from study.method import ThresholdParams, check_fields
-from study.sensitivity import DECAY_FROM, SCOPES, DecayFrom, DecayUpdate, Scope, insensitivity
+from study.sensitivity import DECAY_FROM, SCOPES, DecayFrom, Scope, SensitivityStatistics, insensitivity
 
 # The floor of the per-tensor maximum when rescaling (as in the authors' code): a tensor whose
 # gradient is 0 everywhere keeps S = 0 instead of dividing by zero.
@@ -69,7 +70,7 @@ class LobsterParams(ThresholdParams):
         check_fields(self, {"rescaled": isinstance(self.rescaled, bool)}, suffix="; must be true or false")
 
 
-class Lobster(DecayUpdate):
+class Lobster(SensitivityStatistics):
     name = "lobster"
     citation = (
         "E. Tartaglione, A. Bragagnolo, A. Fiandrotti, M. Grangetto. LOss-Based SensiTivity "
@@ -82,5 +83,6 @@ class Lobster(DecayUpdate):
         params = decayed_parameters(model, self.params.scope)
         with torch.no_grad():
             s = loss_sensitivity(params, self.params.rescaled)
+            self._accumulate(s)  # sens.<layer>.*: statistics of the epoch-mean S, as the others
             self.schedule_decay(params, {name: insensitivity(v) for name, v in s.items()},
                                 self.params.decay_from)

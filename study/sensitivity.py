@@ -666,7 +666,60 @@ class DecayUpdate(ThresholdMethod):
         super().after_step(model)
 
 
-class SensitivityMethod(DecayUpdate):
+class SensitivityStatistics(DecayUpdate):
+    """Statistics of S per epoch, for the methods whose update uses an S of each weight (the
+    sensitivity methods, SeReNe, LOBSTER): ``after_backward`` passes each step's S to
+    ``_accumulate``; ``epoch_metrics`` reports statistics of the epoch-mean S: each weight's S
+    averaged over the steps of the epoch, over the weights not pruned at the end of the epoch."""
+
+    def __init__(self, params: MethodParams, context: MethodContext) -> None:
+        super().__init__(params, context)
+        self._s_sum: dict[str, Tensor] = {}           # Σ over the epoch's steps of each weight's S
+        self._steps = 0
+        self._epoch_over = False                      # the next step starts a new epoch's sums
+
+    def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
+        super().end_epoch(model, epoch, phase)
+        self._epoch_over = True
+
+    def _accumulate(self, s: dict[str, Tensor]) -> None:
+        """Add this step's S of every prunable weight to the epoch's sums (one add per layer)."""
+        if self._epoch_over:
+            self._s_sum, self._steps, self._epoch_over = {}, 0, False
+        for name, value in s.items():
+            if not name.endswith("weight"):  # the statistics describe the prunable weights
+                continue
+            if name in self._s_sum:
+                self._s_sum[name].add_(value)
+            else:
+                self._s_sum[name] = value.clone()
+        self._steps += 1
+
+    def epoch_sensitivity(self) -> dict[str, Tensor]:
+        """Each prunable weight's S averaged over the steps of the current (or just finished)
+        epoch, keyed by parameter name; empty before the first step."""
+        return {name: total / self._steps for name, total in self._s_sum.items()}
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Per layer, over the weights not pruned now, of the epoch-mean S (``epoch_sensitivity``):
+        the 10/50/90 % quantiles, the mean, the share ≥ 1 and the share exactly 0 (S = 0 at every
+        step of the epoch: a dead input or unit)."""
+        out: dict[str, float] = {}
+        for name, s in self.epoch_sensitivity().items():
+            mask = self.masks.get(name)
+            values = (s if mask is None else s[mask]).flatten()
+            if values.numel() == 0:
+                continue
+            layer = sparsity.layer_of(name)
+            q10, q50, q90 = quantiles(values.float(), (0.1, 0.5, 0.9))
+            stats = {"q10": q10, "q50": q50, "q90": q90, "mean": values.mean().item(),
+                     "frac_ge1": (values >= 1).float().mean().item(),
+                     "frac_zero": (values == 0).float().mean().item()}
+            out.update({rf.sens_key(layer, stat): value for stat, value in stats.items()})
+        return out
+
+
+class SensitivityMethod(SensitivityStatistics):
     """Sensitivity-driven regularization: after every step w ← w − λ·w·max(0, 1 − S(w)).
 
     S is taken at the pre-step weights: from the step's own forward (``forward``) when that is
@@ -684,9 +737,6 @@ class SensitivityMethod(DecayUpdate):
         self.params: SensitivityParams = params
         self._plan: _Plan | None = None
         self._step_s: dict[str, Tensor] | None = None  # S from this step's forward, if exact
-        self._s_sum: dict[str, Tensor] = {}           # Σ over the epoch's steps of each weight's S
-        self._steps = 0
-        self._epoch_over = False                      # the next step starts a new epoch's sums
 
     def __getstate__(self) -> dict:
         # The plan holds a weak reference (not picklable) and is rebuilt on the next step.
@@ -749,47 +799,6 @@ class SensitivityMethod(DecayUpdate):
 
     def named_parameters(self, model: nn.Module) -> dict[str, Tensor]:
         return self._plan_for(model).params
-
-    def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
-        super().end_epoch(model, epoch, phase)
-        self._epoch_over = True
-
-    # -- statistics -----------------------------------------------------------------------------
-    def _accumulate(self, s: dict[str, Tensor]) -> None:
-        """Add this step's S of every prunable weight to the epoch's sums (one add per layer)."""
-        if self._epoch_over:
-            self._s_sum, self._steps, self._epoch_over = {}, 0, False
-        for name, value in s.items():
-            if not name.endswith("weight"):  # the statistics describe the prunable weights
-                continue
-            if name in self._s_sum:
-                self._s_sum[name].add_(value)
-            else:
-                self._s_sum[name] = value.clone()
-        self._steps += 1
-
-    def epoch_sensitivity(self) -> dict[str, Tensor]:
-        """Each prunable weight's S averaged over the steps of the current (or just finished)
-        epoch, keyed by parameter name; empty before the first step."""
-        return {name: total / self._steps for name, total in self._s_sum.items()}
-
-    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
-        """Per layer, over the weights not pruned now, of the epoch-mean S (``epoch_sensitivity``):
-        the 10/50/90 % quantiles, the mean, the share ≥ 1 and the share exactly 0 (S = 0 at every
-        step of the epoch: a dead input or unit)."""
-        out: dict[str, float] = {}
-        for name, s in self.epoch_sensitivity().items():
-            mask = self.masks.get(name)
-            values = (s if mask is None else s[mask]).flatten()
-            if values.numel() == 0:
-                continue
-            layer = sparsity.layer_of(name)
-            q10, q50, q90 = quantiles(values.float(), (0.1, 0.5, 0.9))
-            stats = {"q10": q10, "q50": q50, "q90": q90, "mean": values.mean().item(),
-                     "frac_ge1": (values >= 1).float().mean().item(),
-                     "frac_zero": (values == 0).float().mean().item()}
-            out.update({rf.sens_key(layer, stat): value for stat, value in stats.items()})
-        return out
 
 
 def quantiles(values: Tensor, qs: tuple[float, ...]) -> list[float]:

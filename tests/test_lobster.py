@@ -174,4 +174,19 @@ def test_with_s_zero_and_the_pre_step_order_it_is_decay_bit_for_bit(scope: str, 
     monkeypatch.setattr(lobster_module, "loss_sensitivity",
                         lambda params, rescaled=False: {n: torch.zeros_like(p) for n, p in params.items()})
     zero = _run("lobster", {**params, "decay_from": "pre-step"}, data)
-    assert all(torch.equal(zero[0][k], control[0][k]) for k in control[0]) and zero[1] == control[1]
+    assert all(torch.equal(zero[0][k], control[0][k]) for k in control[0])
+    shared = set(control[1][0]) & set(zero[1][0])  # lobster adds its sens.* statistics
+    assert [{k: r[k] for k in shared} for r in zero[1]] == [{k: r[k] for k in shared} for r in control[1]]
+    assert "sens.1.q50" in zero[1][0] and zero[1][0]["sens.1.q50"] == 0
+
+
+def test_epoch_metrics_describe_the_gradient_of_the_remaining_weights() -> None:
+    model = small_model()
+    method = Lobster(LobsterParams(lam=0.0, threshold=0.0), CONTEXT)
+    method.prune(model, {"3.weight": torch.rand(3, 18) > 0.5})
+    x, y = torch.randn(8, 1, 5, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    g = torch.autograd.grad(F.cross_entropy(model(x), y), model[3].weight)[0].abs()
+    train_step(model, method, torch.optim.SGD(model.parameters(), lr=0.0), x, y)
+    metrics = method.epoch_metrics(model)
+    assert metrics["sens.3.mean"] == pytest.approx(g[method.masks["3.weight"]].mean().item())
+    assert "sens.0.mean" in metrics and not any(".bias" in k for k in metrics)
