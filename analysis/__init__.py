@@ -5,6 +5,9 @@ Modules, one concept each:
 - ``runs``: MLflow → ``Runs`` (``.trials``, ``.epochs``, ``.layers`` DataFrames);
 - ``pareto``: seed aggregation and non-dominated fronts (pure pandas/numpy);
 - ``selection``: the operating-point rule used by the tables (pure);
+- ``matched``: compression at matched validation error per seed, against a reference method,
+  with bootstrap intervals and permutation-test p-values (pure); ``matched_text``: the same in
+  words and as a table;
 - ``tables``: the paper's Table 1 layout as Markdown, CSV and LaTeX (pure);
 - ``figures``: Pareto fronts, layer profiles, training curves, sensitivity statistics;
 - ``document``: a small document model rendered to Markdown and HTML;

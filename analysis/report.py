@@ -8,8 +8,11 @@ point only once every one of its other trials has reached it (see ``pareto.aggre
 The entry point is ``make_report(runs, out_dir, target_error=..., study_target=...)``, with
 values already resolved: ``study report`` (``study.cli.cmd_report``) finds the runs, the
 folder and the study's target from the validated study file or the study's own parent run.
-This module computes the frames; :mod:`analysis.sections` writes the prose and figures into
-an :class:`analysis.document.Document`.
+This module computes the frames, from each method's confirm runs where it has any, else its
+search runs (``runs.prefer_confirm``): seed aggregates, fronts, operating points and the
+compression at matched validation error against the reference method (:mod:`analysis.matched`);
+:mod:`analysis.sections` writes the prose and figures into an
+:class:`analysis.document.Document`.
 """
 from __future__ import annotations
 
@@ -18,10 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import sections, tables
+from analysis import matched, sections, tables
 from analysis.document import Document
 from analysis.pareto import aggregate_seeds, pareto_front
-from analysis.runs import Runs
+from analysis.runs import Runs, prefer_confirm, stages_used
 from analysis.selection import GROUP, reference_points, resolve_targets, select_operating_points
 from study.runformat import KEY_METRICS
 
@@ -40,6 +43,7 @@ def make_report(
     study_target: float | None = None,
     literature: str | Path | bool | None = True,
     log_artifacts: bool = True,
+    reference: str | None = None,
 ) -> Path:
     """Write figures, tables, report.md and report.html into ``out_dir``; return it.
 
@@ -48,7 +52,10 @@ def make_report(
     reference (see ``selection.resolve_targets``).
     ``literature``: True for ``configs/literature.yaml``, a path, or False for none.
     ``log_artifacts``: also log the folder to the parent run (when the runs came from MLflow).
+    ``reference``: the method the matched comparison compares against (default ``decay``,
+    else ``weight-decay``; see ``matched.choose_reference``).
     """
+    reference = matched.choose_reference(study_methods(runs), reference)
     out = Path(out_dir)
     fig_dir, tab_dir = out / "figures", out / "tables"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +63,8 @@ def make_report(
     entries = ([] if literature is False else
                tables.load_literature(None if literature in (True, None) else literature))
 
-    usable = runs.usable_epochs()
+    usable = prefer_confirm(runs.usable_epochs())
+    stages = stages_used(usable)
     carry = [c for c in ("setting", *runs.config_params) if c in usable.columns]
     if all(c in usable.columns for c in KEY_METRICS):
         agg = aggregate_seeds(usable, carry=carry)
@@ -68,7 +76,8 @@ def make_report(
     targets = resolve_targets(agg, explicit=target_error, study=study_target)
     selected = select_operating_points(agg, targets) if len(agg) else pd.DataFrame(
         columns=[*GROUP, "met_target", "target_error"])
-    reference = reference_points(agg)
+    unpruned = reference_points(agg)
+    matched_seeds, comparison = matched.matched_frames(usable, agg, selected, targets, reference)
 
     agg.to_csv(tab_dir / "points.csv", index=False)
     front.to_csv(tab_dir / "pareto_front.csv", index=False)
@@ -86,7 +95,8 @@ def make_report(
     for (arch, dataset), target in sorted(targets.items()):
         part = sections.Slice.of(arch, dataset, target, runs.layers_of(arch), agg=agg,
                                  points=points, front=front, selected=selected,
-                                 reference=reference)
+                                 reference=unpruned, stages=stages,
+                                 matched_seeds=matched_seeds, matched=comparison)
         sections.arch_section(doc, part, runs, entries, usable_ids, fig_dir, tab_dir)
     sections.files(doc)
     (out / "report.md").write_text(doc.markdown())
@@ -94,6 +104,12 @@ def make_report(
     if log_artifacts:
         log_report(runs, out)
     return out
+
+
+def study_methods(runs: Runs) -> set[str]:
+    """The methods of the study: those of its runs and those its logged study names."""
+    methods = set(runs.trials["method"]) if "method" in runs.trials.columns else set()
+    return methods | set((runs.study or {}).get("methods") or {})
 
 
 def log_report(runs: Runs, out: Path) -> bool:

@@ -3,7 +3,8 @@
 ``load_runs(tracking_uri, experiment)`` returns a ``Runs`` with three frames:
 
 - ``trials``: one row per trial: ids, ``status`` (finished, diverged, pruned, failed,
-  running) with boolean flags, ``config`` (all params except the seed), ``setting`` (a short
+  running) with boolean flags, ``stage`` (search or confirm; ``search`` when the run has no
+  stage tag), ``config`` (all params except the seed), ``setting`` (a short
   label of the method's own params for tables: ``lam`` and ``threshold``, plus any other that
   varies between the method's trials), every param (numbers parsed), the final (latest)
   metrics;
@@ -15,7 +16,8 @@
   ``sens_frac_ge1``.
 
 Failed, diverged, pruned, running and superseded trials are kept and flagged, never dropped;
-``Runs.usable_epochs()`` is the one place that leaves failed and superseded trials out.
+``Runs.usable_epochs()`` is the one place that leaves failed and superseded trials out;
+``prefer_confirm`` is the one place that chooses between a method's search and confirm runs.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from study.runformat import CORE_PARAMS, NON_CONFIG_PARAMS, SEED_PARAMS, SENS_ST
 KEY_SETTINGS: tuple[str, ...] = ("lam", "threshold")
 #: The trials frame's columns that describe one run, not its configuration.
 TRIAL_INFO_COLUMNS: tuple[str, ...] = ("run_id", "trial_id", "parent_run_id", "run_name", "status",
-                                       "mlflow_status", "start_time", "end_time")
+                                       "stage", "mlflow_status", "start_time", "end_time")
 #: Statuses that also get a boolean column of their own in the frames.
 FLAG_STATUSES: tuple[str, ...] = (rf.FAILED, rf.DIVERGED, rf.PRUNED, rf.RUNNING)
 #: The phase of an epoch from a trial that logged no ``phase_index`` at all.
@@ -84,6 +86,44 @@ class Runs:
         """
         keep = ~self.epochs["failed"] & ~self.epochs["superseded"]
         return self.epochs[keep]
+
+
+#: The groups within which a study's confirm runs replace its search runs.
+STAGE_GROUP: tuple[str, ...] = ("arch", "dataset", "method")
+
+
+def prefer_confirm(epochs: pd.DataFrame) -> pd.DataFrame:
+    """The epoch rows the report aggregates: per architecture, data set and method, those of
+    its confirm runs when it has any, else those of its search runs.
+
+    A confirm run retrains the configuration the search chose on fresh seeds, under the same
+    ``config`` key as its search runs, so the two stages must not be averaged together: the
+    search seeds were the ones that won the selection. Pass usable epochs
+    (``Runs.usable_epochs``), so that a method whose confirm runs all failed falls back to its
+    search runs (``stages_used`` says which stage each method's rows come from).
+    """
+    if epochs.empty or "stage" not in epochs.columns:
+        return epochs
+    keys = [c for c in STAGE_GROUP if c in epochs.columns]
+    confirm = epochs["stage"] == rf.STAGE_CONFIRM
+    has_confirm = confirm.groupby([epochs[k] for k in keys]).transform("any") if keys else confirm.any()
+    return epochs[confirm | ~has_confirm]
+
+
+def stages_used(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Per architecture, data set and method of ``prefer_confirm``'s rows: ``stage`` and its
+    ``seeds`` (sorted, as a list) and ``n_runs``."""
+    columns = [*STAGE_GROUP, "stage", "n_runs", "seeds"]
+    if epochs.empty or "stage" not in epochs.columns:
+        return pd.DataFrame(columns=columns)
+    keys = [c for c in STAGE_GROUP if c in epochs.columns]
+    rows = []
+    for key, part in epochs.groupby(keys, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        seeds = sorted(set(part[rf.SEED])) if rf.SEED in part.columns else []
+        rows.append({**dict(zip(keys, key)), "stage": "+".join(sorted(set(part["stage"]))),
+                     "n_runs": part["run_id"].nunique(), "seeds": seeds})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def natural_sorted(names) -> list[str]:
@@ -226,6 +266,8 @@ def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]
             "parent_run_id": run.data.tags.get(rf.TAG_PARENT_RUN),
             "run_name": run.info.run_name,
             "status": status,
+            # Studies without a confirm stage may not tag their runs: those are search runs.
+            "stage": run.data.tags.get(rf.TAG_STAGE, rf.STAGE_SEARCH),
             "mlflow_status": run.info.status,
             "start_time": pd.to_datetime(run.info.start_time, unit="ms") if run.info.start_time else pd.NaT,
             "end_time": pd.to_datetime(run.info.end_time, unit="ms") if run.info.end_time else pd.NaT,
@@ -285,7 +327,8 @@ def _histories(client, trial_runs: list, *, bulk: bool) -> pd.DataFrame:
 
 
 def _epochs_frame(trials: pd.DataFrame, hist: pd.DataFrame, params: list[str]) -> pd.DataFrame:
-    id_cols = ["run_id", "trial_id", "status", *FLAG_STATUSES, "superseded", "config", "setting", *params]
+    id_cols = ["run_id", "trial_id", "status", "stage", *FLAG_STATUSES, "superseded", "config", "setting",
+               *params]
     if hist.empty:
         return pd.DataFrame(columns=[*id_cols, rf.EPOCH, rf.PHASE])
     # The layout logs step = epoch, so a metric named "epoch" only repeats the step.

@@ -2,8 +2,8 @@
 
 :mod:`analysis.report` computes the frames (points, fronts, operating points, targets) and
 calls these writers in order: ``summary``, ``unfinished``, one ``arch_section`` per
-architecture × data set (table, Pareto front, layer profile, training curves, sensitivity
-statistics), ``files``. Each writer adds blocks to a :class:`analysis.document.Document`
+architecture × data set (which runs it reads, table, compression at matched error, Pareto
+front, layer profile, training curves, sensitivity statistics), ``files``. Each writer adds blocks to a :class:`analysis.document.Document`
 and saves its figure or table files; the one-line findings under each figure (best
 compression, hardest-pruned layer, loss minima) are small pure functions.
 """
@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis import figures, tables
+from analysis import figures, matched_text, tables
 from analysis.document import Document
 from analysis.runs import SENS_COLUMNS, Runs, sens_column
-from analysis.selection import REFERENCE_METHOD, Target
+from analysis.selection import REFERENCE_METHOD, Target, chosen_configs
+from study import runformat as rf
 from study.runformat import STATUSES
 
 
@@ -33,7 +34,8 @@ def slug(text: str) -> str:
 @dataclass(frozen=True)
 class Slice:
     """One architecture × data set: its target, its layers and its rows of the report's
-    frames (seed-aggregated points, candidate points, fronts, operating points, reference)."""
+    frames (seed-aggregated points, candidate points, fronts, operating points, reference;
+    the stage each method's runs come from; the matched comparison per seed and per method)."""
 
     arch: str
     dataset: str
@@ -44,6 +46,9 @@ class Slice:
     front: pd.DataFrame
     selected: pd.DataFrame
     reference: pd.DataFrame
+    stages: pd.DataFrame = field(default_factory=pd.DataFrame)
+    matched_seeds: pd.DataFrame = field(default_factory=pd.DataFrame)
+    matched: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def of(cls, arch: str, dataset: str, target: Target, layers: list[str],
@@ -65,20 +70,6 @@ class Slice:
 
 
 # -- helpers on the aggregated frame ---------------------------------------------------------------
-def curve_configs(agg: pd.DataFrame, selected: pd.DataFrame) -> dict[str, str]:
-    """One configuration per method for curves: the one at its operating point, or else the
-    one with the lowest mean validation error at any complete epoch."""
-    chosen: dict[str, str] = {}
-    for _, row in selected.iterrows():
-        if row["met_target"] and isinstance(row.get("config"), str):
-            chosen[row["method"]] = row["config"]
-    complete = agg[agg["complete"]] if "complete" in agg else agg
-    for method, part in complete.groupby("method"):
-        if method not in chosen and np.isfinite(part["val_error_mean"]).any():
-            chosen[method] = part.loc[part["val_error_mean"].idxmin(), "config"]
-    return chosen
-
-
 def sensitivity_stats(layers: pd.DataFrame, run_ids: set[str],
                       configs: dict[str, str]) -> pd.DataFrame:
     """Seed means of the logged sensitivity quantiles per (method, epoch, layer), for the
@@ -148,6 +139,9 @@ def summary(doc: Document, runs: Runs, targets: dict[tuple, Target]) -> None:
         "Operating-point rule: per method, the highest mean compression (over seeds) whose "
         "mean validation error is at most the target; ties go to the lower validation error, "
         "then the earlier epoch. Test error is never used to choose; the tables report it.",
+        "Runs: per method, its confirm runs (a tune-then-confirm study retrains the chosen "
+        "configuration on fresh seeds) when it has any, else its search runs; the two are never "
+        "averaged together.",
         "Aggregation: a configuration is every param except the seed; its seeds are averaged "
         "epoch by epoch. A point counts only when every non-failed trial of the configuration "
         "logged finite errors at that epoch and all were in the sparsify phase.",
@@ -181,7 +175,9 @@ def arch_section(doc: Document, part: Slice, runs: Runs, entries: list, usable_i
                  fig_dir: Path, tab_dir: Path) -> None:
     """Everything about one architecture × data set."""
     doc.heading(2, part.name)
+    doc.para(stages_sentence(part.stages))
     _table(doc, part, entries, tab_dir)
+    _matched(doc, part, tab_dir)
     _pareto(doc, part, fig_dir)
     _layer_profile(doc, part, fig_dir)
     configs = _training_curves(doc, part, fig_dir)
@@ -198,6 +194,8 @@ def files(doc: Document) -> None:
         "`tables/operating_points.csv`: the point the rule selected per method.",
         "`tables/trials.csv`: every trial with its status, params and final metrics.",
         "`tables/table_*.{md,csv,tex}`: the paper-layout tables (LaTeX needs `booktabs`).",
+        "`tables/matched_*.{md,csv,tex}`: compression at matched validation error per method, "
+        "against the reference; `tables/matched_seeds_*.csv`: the matched point of every seed.",
         "`figures/*.{png,pdf}`: the figures above.",
     ])
 
@@ -213,6 +211,43 @@ def _table(doc: Document, part: Slice, entries: list, tab_dir: Path) -> None:
     doc.table(tables.format_table(table, layers))
     doc.para(f"Files: [Markdown](tables/{paths['md'].name}), [CSV](tables/{paths['csv'].name}), "
              f"[LaTeX](tables/{paths['tex'].name}).")
+
+
+def stages_sentence(stages: pd.DataFrame) -> str:
+    """Which runs the tables read, per method: its confirm runs when it has any."""
+    if stages.empty:
+        return "Runs: none usable yet."
+    confirm = stages[stages["stage"].str.contains(rf.STAGE_CONFIRM)]
+    if confirm.empty:
+        return "Runs: the search runs of every method (no confirm runs)."
+    named = "; ".join(f"{m} (seeds {', '.join(str(s) for s in seeds)})" for m, seeds in
+                      zip(confirm["method"], confirm["seeds"]))
+    rest = sorted(set(stages["method"]) - set(confirm["method"]))
+    text = (f"Runs: the confirm runs (the chosen configuration retrained on fresh seeds) for "
+            f"{named}")
+    return text + (f"; the search runs for {', '.join(rest)}." if rest else ".")
+
+
+def _matched(doc: Document, part: Slice, tab_dir: Path) -> None:
+    doc.heading(3, "Compression at matched validation error")
+    if part.matched.empty:
+        doc.para("No method has a sparsify-phase trajectory to read yet.")
+        return
+    ref = next((r for r in part.matched["reference"] if r), None)
+    text = matched_text.caption(part.name, part.target.value, ref)
+    display = matched_text.display_table(part.matched)
+    paths = tables.write_files(part.matched, display, tab_dir, f"matched_{part.stem}", caption=text)
+    seeds = tab_dir / f"matched_seeds_{part.stem}.csv"
+    part.matched_seeds.to_csv(seeds, index=False)
+    doc.para(text + (f" The reference is {ref}." if ref else
+                     " The study has neither decay nor weight-decay, so there is no reference "
+                     "(`study report --reference NAME` chooses one)."))
+    doc.table(display)
+    doc.items(matched_text.sentences(part.matched))
+    doc.para(" ".join([*matched_text.small_sample_notes(part.matched),
+                       f"Files: [Markdown](tables/{paths['md'].name}), "
+                       f"[CSV](tables/{paths['csv'].name}), [LaTeX](tables/{paths['tex'].name}), "
+                       f"[per seed](tables/{seeds.name})."]))
 
 
 def _pareto(doc: Document, part: Slice, fig_dir: Path) -> None:
@@ -248,7 +283,7 @@ def _layer_profile(doc: Document, part: Slice, fig_dir: Path) -> None:
 def _training_curves(doc: Document, part: Slice, fig_dir: Path) -> dict[str, str]:
     """The curves of one configuration per method; returns those configurations."""
     doc.heading(3, "Training curves")
-    configs = curve_configs(part.agg, part.selected)
+    configs = chosen_configs(part.agg, part.selected)
     agg = part.agg
     curves = agg[agg["config"].isin(set(configs.values()))] if len(agg) else agg
     fig = figures.training_curves_figure(curves, title=f"{part.name}: test loss per epoch")

@@ -151,3 +151,18 @@ def reference_points(
     order = [val] + [c for c in ("epoch", "config") if c in ref.columns]
     ref = ref.sort_values(order, kind="stable")
     return ref.groupby(keys, sort=True, dropna=False).head(1) if keys else ref.head(1)
+
+
+def chosen_configs(agg: pd.DataFrame, selected: pd.DataFrame) -> dict[str, str]:
+    """One configuration per method (of one architecture and data set): the one at its
+    operating point, or else the one with the lowest mean validation error at any complete
+    epoch. The training curves and the matched comparison read these."""
+    chosen: dict[str, str] = {}
+    for _, row in selected.iterrows():
+        if row["met_target"] and isinstance(row.get("config"), str):
+            chosen[row["method"]] = row["config"]
+    complete = agg[agg["complete"].astype(bool)] if "complete" in agg else agg
+    for method, part in complete.groupby("method"):
+        if method not in chosen and np.isfinite(part["val_error_mean"].astype(float)).any():
+            chosen[method] = part.loc[part["val_error_mean"].astype(float).idxmin(), "config"]
+    return chosen

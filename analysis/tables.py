@@ -6,7 +6,9 @@ weights per layer (%), total nonzero weights, memory footprint (kB), compression
 test error (%) as mean ± std over seeds.
 
 ``build_table`` makes the numeric frame (written as CSV); ``format_table`` turns it into
-strings; ``to_markdown`` and ``to_latex`` render those strings.
+strings; ``to_markdown`` and ``to_latex`` render those strings. ``write_files`` writes any
+table (numbers as CSV, strings as Markdown and LaTeX, ``plain_latex`` by default): the
+matched comparison's table uses it too.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ METHOD_LABELS: dict[str, str] = {
     "none": "None (unpruned)",
     "sensitivity-unspec": "Sensitivity, unspecific",
     "sensitivity-spec": "Sensitivity, specific",
+    "decay": "Decay (sensitivity without S)",
     "weight-decay": "Weight decay (L2)",
     "l1": "L1",
     "magnitude": "Magnitude (Han et al.)",
@@ -253,7 +256,8 @@ _LATEX_SPECIAL = {
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "±": r"\ensuremath{\pm}", "×": r"\ensuremath{\times}", "—": "---",
     "≤": r"\ensuremath{\leq}", "≥": r"\ensuremath{\geq}", "θ": r"\ensuremath{\theta}",
-    "≠": r"\ensuremath{\neq}", "λ": r"\ensuremath{\lambda}",
+    "≠": r"\ensuremath{\neq}", "λ": r"\ensuremath{\lambda}", "−": r"\ensuremath{-}",
+    "<": r"\ensuremath{<}", ">": r"\ensuremath{>}", "–": "--",
 }
 
 
@@ -270,10 +274,7 @@ def to_latex(display: pd.DataFrame, layers: Sequence[str], *, caption: str = "",
     header = ["Method", "Source", *(latex_escape(layer) for layer in layers), "Total",
               "Memory (kB)", r"$|\theta|/|\theta\neq0|$", r"Top-1 error (\%)"]
     lines = [r"\begin{table}[htbp]", r"\centering", r"\small"]
-    if caption:
-        lines.append(r"\caption{" + latex_escape(caption) + "}")
-    if label:
-        lines.append(r"\label{" + "".join(ch for ch in label if ch.isalnum() or ch in ":-._") + "}")
+    lines += _caption_lines(caption, label)
     lines += [r"\begin{tabular}{" + spec + "}", r"\toprule"]
     if n_layers:
         lines.append(" & ".join(["", "", r"\multicolumn{%d}{c}{Remaining (\%%)}" % n_layers]
@@ -302,17 +303,51 @@ def table_caption(arch: str, dataset: str, target: float, target_source: str) ->
     )
 
 
+def plain_latex(display: pd.DataFrame, *, caption: str = "", label: str = "") -> str:
+    """Any table of display strings as a booktabs ``table``: the first column left-aligned,
+    the others right-aligned when every cell is a number (``to_markdown``'s rule)."""
+    def numeric(col: str) -> bool:
+        return all(_NUMBER_CELL.fullmatch(str(v).strip()) for v in display[col])
+
+    spec = "".join("r" if i and numeric(c) else "l" for i, c in enumerate(display.columns))
+    lines = [r"\begin{table}[htbp]", r"\centering", r"\small"]
+    lines += _caption_lines(caption, label)
+    lines += [r"\begin{tabular}{" + spec + "}", r"\toprule",
+              " & ".join(latex_escape(c) for c in display.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(v) for v in row) + r" \\"
+              for row in display.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _caption_lines(caption: str, label: str) -> list[str]:
+    lines = []
+    if caption:
+        lines.append(r"\caption{" + latex_escape(caption) + "}")
+    if label:
+        lines.append(r"\label{" + "".join(ch for ch in label if ch.isalnum() or ch in ":-._") + "}")
+    return lines
+
+
+def write_files(numeric: pd.DataFrame, display: pd.DataFrame, out_dir: str | Path, stem: str, *,
+                caption: str = "", latex: str | None = None) -> dict[str, Path]:
+    """Write ``<stem>.md`` (caption and ``display``), ``<stem>.csv`` (``numeric``) and
+    ``<stem>.tex`` (``latex``, default ``plain_latex(display)``); return their paths by
+    suffix."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out_dir / f"{stem}.md", "csv": out_dir / f"{stem}.csv",
+             "tex": out_dir / f"{stem}.tex"}
+    paths["md"].write_text((f"{caption}\n\n" if caption else "") + to_markdown(display))
+    numeric.to_csv(paths["csv"], index=False)
+    paths["tex"].write_text(latex if latex is not None else
+                            plain_latex(display, caption=caption, label=f"tab:{stem}"))
+    return paths
+
+
 def write_table(table: pd.DataFrame, layers: Sequence[str], out_dir: str | Path, stem: str, *,
                 caption: str = "") -> dict[str, Path]:
     """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.tex``; return their paths by suffix."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     display = format_table(table, layers)
-    paths = {"md": out_dir / f"{stem}.md", "csv": out_dir / f"{stem}.csv",
-             "tex": out_dir / f"{stem}.tex"}
-    md = (f"{caption}\n\n" if caption else "") + to_markdown(display)
-    paths["md"].write_text(md)
-    table.to_csv(paths["csv"], index=False)
-    paths["tex"].write_text(to_latex(display, layers, caption=caption, label=f"tab:{stem}"))
-    return paths
-
+    return write_files(table, display, out_dir, stem, caption=caption,
+                       latex=to_latex(display, layers, caption=caption, label=f"tab:{stem}"))

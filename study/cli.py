@@ -313,10 +313,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     names the runs (tracking URI, experiment), the folder (<output_dir>/report) and the
     selection target (its train.target_error). A study folder or an experiment name names
     the runs; the target is then that of the study the parent run logged (its study.yaml,
-    validated the same way). --tracking-uri, --experiment, --out and --target-error win."""
+    validated the same way). --tracking-uri, --experiment, --out and --target-error win.
+    --reference must name a method of the study (checked before the runs are read when a
+    study file names the methods)."""
     # lazily: the analysis side is heavy
     from analysis.report import make_report
     from analysis.runs import list_experiments, load_runs
+    from analysis.matched import choose_reference
     from analysis.sections import slug
     from study import runformat as rf
     from study.schema import load_study, study_from_dict
@@ -325,6 +328,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.set and not path.is_file():
         raise ValueError(f"--set overrides fields of a study file; {args.target!r} is not one")
     study = load_study(path, args.set or ()) if path.is_file() else None
+    if study is not None and args.reference is not None:  # before loading any run
+        choose_reference(study.methods, args.reference)
     if study is not None:
         tracking_uri = args.tracking_uri or study.resolved_tracking_uri
         experiment = args.experiment or study.experiment_name
@@ -348,7 +353,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if study is None and runs.study is not None:  # the study these runs were made by
         study = study_from_dict(runs.study, f"{rf.STUDY_YAML} of parent run {runs.parent_run_id}")
     written = make_report(runs, out, target_error=args.target_error,
-                          study_target=study.train.target_error if study else None)
+                          study_target=study.train.target_error if study else None,
+                          reference=args.reference)
     print(written)
     return 0
 
@@ -398,6 +404,9 @@ def add_study_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-error", type=float, default=None,
                    help="validation error (%%) an operating point may not exceed (default: the study's "
                    "train.target_error, else the best validation error of `none` + 0.5)")
+    p.add_argument("--reference", default=None, metavar="METHOD",
+                   help="the method every other is compared with at matched validation error "
+                   "(default: decay when the study has it, else weight-decay)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the study's)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the study's)")
     p.add_argument("--set", **{**sets, "help": "with a study file: " + sets["help"]})

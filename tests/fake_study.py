@@ -12,7 +12,14 @@ that closed normally (finished, diverged).
 The numbers are self-consistent: per-layer counts add up to ``nonzero``, compression =
 total / nonzero, sparsity = 1 − 1/compression, memory = nonzero × 4 B. It has a failed trial,
 a diverged one, one stopped early by the scheduler (``pruned``) and, optionally, one still
-running; weight decay's second seed has not started yet.
+running; weight decay's second seed has not started yet. Its runs carry no ``study.stage``
+tag, as a study without a confirm stage may write them.
+
+``make_fake_study(..., trials=MATCHED_TRIALS, confirm=MATCHED_CONFIRM)`` writes a
+tune-then-confirm study instead: search runs tagged ``study.stage=search`` for ``none``,
+two ``sensitivity-spec`` configurations, ``decay``, ``weight-decay`` and an ``l0`` that never
+reaches 2 % validation error, then confirm runs (``study.stage=confirm``) of one
+``sensitivity-spec`` and one ``decay`` configuration on fresh seeds.
 """
 from __future__ import annotations
 
@@ -41,24 +48,40 @@ TRIALS: tuple[tuple[str, dict, tuple[int, ...], dict], ...] = (
     ("sensitivity-spec", {"lam": 1e-5, "threshold": 1e-3}, SEEDS, {}),
     ("weight-decay", {"lam": 5e-4}, (0,), {0: (rf.PRUNED, 4)}),  # stopped early by ASHA
 )
+# A tune-then-confirm study: the search, then each method's chosen configuration retrained on
+# fresh seeds, (method, params, seeds).
+MATCHED_TRIALS: tuple[tuple[str, dict, tuple[int, ...], dict], ...] = (
+    ("none", {}, SEEDS, {}),
+    ("sensitivity-spec", {"lam": 1e-5, "threshold": 1e-3}, SEEDS, {}),
+    ("sensitivity-spec", {"lam": 1e-4, "threshold": 1e-3}, SEEDS, {}),
+    ("decay", {"lam": 1e-5, "threshold": 1e-3}, SEEDS, {}),
+    ("weight-decay", {"lam": 5e-4}, SEEDS, {}),
+    ("l0", {"lam": 1e-4}, SEEDS, {}),
+)
+CONFIRM_SEEDS = (10, 11, 12)
+MATCHED_CONFIRM: tuple[tuple[str, dict, tuple[int, ...]], ...] = (
+    ("sensitivity-spec", {"lam": 1e-5, "threshold": 1e-3}, CONFIRM_SEEDS),
+    ("decay", {"lam": 1e-5, "threshold": 1e-3}, CONFIRM_SEEDS),
+)
 # How fast each method prunes (per sparsify epoch) and how much error that costs.
 _RATE = {"none": 0.0, "magnitude": 0.5, "l1": 0.35, "sensitivity-unspec": 0.6,
-         "sensitivity-spec": 0.45, "weight-decay": 0.05}
+         "sensitivity-spec": 0.45, "weight-decay": 0.05, "decay": 0.45, "l0": 0.5}
 _COST = {"none": 0.0, "magnitude": 0.25, "l1": 0.3, "sensitivity-unspec": 0.12,
-         "sensitivity-spec": 0.15, "weight-decay": 0.1}
+         "sensitivity-spec": 0.15, "weight-decay": 0.1, "decay": 0.15, "l0": 3.0}
 _LAYER_SPEED = {"fc1": 1.6, "fc2": 1.0, "fc3": 0.3}  # fc1 is pruned hardest, as in the paper
 
 
-def trial_id(method: str, params: dict, seed: int) -> str:
-    """``sensitivity-unspec-lam1e-05-threshold0.001-s0``."""
-    return "-".join([method, *(f"{k}{v}" for k, v in params.items()), f"s{seed}"])
+def trial_id(method: str, params: dict, seed: int, stage: str = rf.STAGE_SEARCH) -> str:
+    """``sensitivity-unspec-lam1e-05-threshold0.001-s0``; confirm runs start ``confirm-``."""
+    return "-".join([*(["confirm"] if stage == rf.STAGE_CONFIRM else []), method,
+                     *(f"{k}{v}" for k, v in params.items()), f"s{seed}"])
 
 
-def last_epochs(epochs: int = 6, running: bool = True) -> dict[str, int]:
-    """The last epoch each trial logs: ``epochs``, or where a special trial stopped; the
-    running trial (the last sensitivity-spec seed) has logged 4."""
+def last_epochs(epochs: int = 6, running: bool = True, trials=TRIALS) -> dict[str, int]:
+    """The last epoch each search trial logs: ``epochs``, or where a special trial stopped;
+    the running trial (the last sensitivity-spec seed) has logged 4."""
     out = {}
-    for method, params, seeds, special in TRIALS:
+    for method, params, seeds, special in trials:
         for seed in seeds:
             last = special.get(seed, (rf.FINISHED, epochs))[1]
             if running and method == "sensitivity-spec" and seed == seeds[-1]:
@@ -68,16 +91,16 @@ def last_epochs(epochs: int = 6, running: bool = True) -> dict[str, int]:
 
 
 def study_dict(name: str, epochs: int, reach_epochs: int, arch: str, dataset: str,
-               target_error: float | None) -> dict[str, Any]:
-    """The study the trials belong to: a grid over the params of ``TRIALS``."""
+               target_error: float | None, trials=TRIALS) -> dict[str, Any]:
+    """The study the trials belong to: a grid over the params of ``trials``."""
     values: dict[str, dict[str, list]] = defaultdict(dict)
-    for method, params, _, _ in TRIALS:
+    for method, params, _, _ in trials:
         for key, value in params.items():
             values[method].setdefault(key, [])
             if value not in values[method][key]:
                 values[method][key].append(value)
     methods = {m: {k: v[0] if len(v) == 1 else v for k, v in values.get(m, {}).items()}
-               for m, _, _, _ in TRIALS}
+               for m, _, _, _ in trials}
     train = {"epochs": epochs, "reach_epochs": reach_epochs, "lr": 0.1}
     if target_error is not None:
         train["target_error"] = target_error
@@ -94,10 +117,10 @@ def _record(method: str, params: dict, seed: int, epoch: int, reach: int) -> dic
     nonzero = sum(counts.values())
     total = sum(LENET300.values())
     compression = total / nonzero
-    jitter = 0.04 * seed
+    jitter = 0.04 * (seed % 3)  # confirm seeds 10, 11, 12 vary like 0, 1, 2
     base = 2.2 - 0.6 * (1 - math.exp(-epoch / 2))  # training converges
     val_error = base + _COST[method] * math.log(compression) + jitter
-    test_error = val_error + 0.05 - 0.02 * seed
+    test_error = val_error + 0.05 - 0.02 * (seed % 3)
     rec: dict[str, Any] = {
         rf.EPOCH: epoch,
         rf.PHASE: rf.REACH if epoch <= reach else rf.SPARSIFY,
@@ -146,13 +169,17 @@ def make_fake_study(
     dataset: str = "mnist",
     target_error: float | None = 2.0,
     running: bool = True,
+    trials=TRIALS,
+    confirm=(),
 ) -> dict[str, str]:
     """Write the study; return ``{"parent": run_id, trial_id: run_id, ...}``.
 
     ``running``: leave the last sensitivity-spec seed unfinished (4 epochs, status running).
+    ``trials``: the search trials; ``confirm``: (method, params, seeds) retrained in a
+    confirm stage. With a confirm stage every run carries its ``study.stage`` tag.
     """
     config = study_from_dict(study_dict(experiment, epochs, reach_epochs, arch, dataset,
-                                        target_error), "the fake study")
+                                        target_error, trials), "the fake study")
     tracker = Tracker(tracking_uri)
     exp_id = tracker.experiment_id(experiment, artifact_location)
     pid = tracker.create_run(exp_id, experiment, {
@@ -163,15 +190,19 @@ def make_fake_study(
     tracker.log_text(pid, config.to_yaml(), rf.STUDY_YAML)
 
     ids = {"parent": pid}
-    lasts = last_epochs(epochs, running)
+    lasts = last_epochs(epochs, running, trials)
     train = {k: v for k, v in config.train.model_dump().items() if k != "device"}
-    for method, params, seeds, special in TRIALS:
+    stages = [(rf.STAGE_SEARCH, m, p, seeds, special) for m, p, seeds, special in trials]
+    stages += [(rf.STAGE_CONFIRM, m, p, seeds, {}) for m, p, seeds in confirm]
+    for stage, method, params, seeds, special in stages:
         for seed in seeds:
-            key = trial_id(method, params, seed)
-            rid = tracker.create_run(exp_id, key, {
-                rf.TAG_PARENT_RUN: pid, rf.TAG_ROLE: rf.ROLE_TRIAL, rf.TAG_TRIAL_ID: key,
-                rf.TAG_STUDY_NAME: config.name, rf.TAG_CONFIG_HASH: config.config_hash(),
-                rf.TAG_STATUS: rf.RUNNING, rf.TAG_ATTEMPTS: "1"})
+            key = trial_id(method, params, seed, stage)
+            tags = {rf.TAG_PARENT_RUN: pid, rf.TAG_ROLE: rf.ROLE_TRIAL, rf.TAG_TRIAL_ID: key,
+                    rf.TAG_STUDY_NAME: config.name, rf.TAG_CONFIG_HASH: config.config_hash(),
+                    rf.TAG_STATUS: rf.RUNNING, rf.TAG_ATTEMPTS: "1"}
+            if confirm:
+                tags[rf.TAG_STAGE] = stage
+            rid = tracker.create_run(exp_id, key, tags)
             ids[key] = rid
             tracker.log_params(rid, rf.trial_params(
                 method=method, arch=arch, dataset=dataset, seed=seed,
@@ -179,12 +210,13 @@ def make_fake_study(
                 train={**train, "seed": seed, "device": "cpu"},
                 data={"val_fraction": config.data.val_fraction}, model={}))
             status = special.get(seed, (rf.FINISHED, epochs))[0]
-            if lasts[key] < epochs and status == rf.FINISHED:
+            last = lasts.get(key, epochs)
+            if last < epochs and status == rf.FINISHED:
                 status = rf.RUNNING
             history = []
-            for epoch in range(1, lasts[key] + 1):
+            for epoch in range(1, last + 1):
                 rec = _record(method, params, seed, epoch, reach_epochs)
-                if status == rf.DIVERGED and epoch == lasts[key]:
+                if status == rf.DIVERGED and epoch == last:
                     rec.update({rf.TRAIN_LOSS: math.nan, rf.VAL_LOSS: math.nan,
                                 rf.TEST_LOSS: math.nan, rf.VAL_ERROR: 90.2, rf.TEST_ERROR: 90.1})
                 tracker.log_metrics(rid, rf.numeric_metrics(rec), step=epoch)

@@ -141,6 +141,25 @@ def test_report_files(report, runs, tmp_path):
     assert_latex_compiles(tex, tmp_path)
 
 
+def test_a_study_without_stages_is_all_search_and_compared_with_weight_decay(report, runs):
+    assert set(runs.trials["stage"]) == {"search"}   # no study.stage tag: the search
+    md = (report / "report.md").read_text()
+    assert "Runs: the search runs of every method (no confirm runs)." in md
+    assert "### Compression at matched validation error" in md and "The reference is weight-decay." in md
+    summary = pd.read_csv(report / "tables" / "matched_lenet300_mnist.csv").set_index("method")
+    assert set(summary["reference"]) == {"weight-decay"}
+    assert (summary["target_error"] == TARGET).all()
+    # weight decay's one seed was stopped by ASHA at epoch 4: too few seeds for an interval
+    assert summary.loc["weight-decay", "n_seeds"] == 1
+    ratio = summary.loc["sensitivity-unspec", "ratio"]
+    assert ratio > 1 and np.isnan(summary.loc["sensitivity-unspec", "ratio_lo"])
+    assert (f"sensitivity-unspec reaches {ratio:.3g}× the compression of weight-decay at 1.95 % "
+            "validation error (2 vs 1 seed): too few seeds for an interval and a test; not "
+            "established.") in md
+    # the still-running sensitivity-spec seed ended under the target so far: a lower bound
+    assert summary.loc["sensitivity-spec", "n_lower_bound"] >= 1
+
+
 def test_report_logged_on_parent_run(report, runs):
     from mlflow.tracking import MlflowClient
 
@@ -221,9 +240,9 @@ def resolved(monkeypatch):
 
     calls = []
 
-    def record(runs, out, *, target_error=None, study_target=None):
+    def record(runs, out, *, target_error=None, study_target=None, reference=None):
         calls.append(SimpleNamespace(runs=runs, out=out, target_error=target_error,
-                                     study_target=study_target))
+                                     study_target=study_target, reference=reference))
         return out
 
     monkeypatch.setattr(analysis.report, "make_report", record)
