@@ -13,13 +13,21 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.tables import to_markdown
+from analysis.tables import numeric_column, to_markdown
 
+# Readable from a phone to a wide screen: a table wider than the page scrolls inside its own
+# box (the page never does); numbers stay on one line, text columns wrap; long paths and URIs
+# break anywhere rather than widen the page.
 _STYLE = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;"
-          "line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:.9em}"
-          "th,td{border-bottom:1px solid #ccc;padding:.25em .6em;text-align:right}"
-          "th:first-child,td:first-child{text-align:left}img{max-width:100%}"
-          "code{background:#f4f4f4;padding:0 .2em}")
+          "line-height:1.45}.table-wrap{overflow-x:auto;margin:1em 0}"
+          "table{border-collapse:collapse;font-size:.9em}"
+          "th,td{border-bottom:1px solid #ccc;padding:.25em .6em;text-align:right;"
+          "vertical-align:top}td{white-space:nowrap}"
+          "td.text,th.text{text-align:left;white-space:normal;min-width:9em}"
+          "td.text:last-child{min-width:16em}"
+          "th:first-child,td:first-child{text-align:left}"
+          "figure{margin:1em 0}img{max-width:100%;height:auto}"
+          "code{background:#f4f4f4;padding:0 .2em}code,a{overflow-wrap:anywhere}")
 
 
 class Document:
@@ -72,13 +80,21 @@ class Document:
                 body.append(f'<figure><img src="{html.escape(data[0])}" alt="{html.escape(data[1])}">'
                             f"</figure>")
             elif kind == "table":
-                head = "".join(f"<th>{html.escape(str(c))}</th>" for c in data.columns)
-                rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r)
-                               + "</tr>" for r in data.itertuples(index=False))
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+                body.append(html_table(data))
         return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
                 f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
                 + "\n".join(body) + "\n</body></html>\n")
+
+
+def html_table(display: pd.DataFrame) -> str:
+    """A table in its own scrolling box; text columns (class ``text``) may wrap."""
+    kinds = ["" if numeric_column(display, c) else ' class="text"' for c in display.columns]
+    head = "".join(f"<th{k}>{html.escape(str(c))}</th>" for c, k in zip(display.columns, kinds))
+    rows = "".join("<tr>" + "".join(f"<td{k}>{html.escape(str(v))}</td>" for v, k in zip(r, kinds))
+                   + "</tr>" for r in display.itertuples(index=False))
+    return (f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table></div>")
 
 
 def inline(text: str) -> str:

@@ -11,6 +11,7 @@ folder and the study's target from the validated study file or the study's own p
 This module computes the frames, from each method's confirm runs where it has any, else its
 search runs (``runs.prefer_confirm``): seed aggregates, fronts, operating points and the
 compression at matched validation error against the reference method (:mod:`analysis.matched`);
+and, for the selection view, the same from the search runs alone (``selection_frames``);
 :mod:`analysis.sections` writes the prose and figures into an
 :class:`analysis.document.Document`.
 """
@@ -25,7 +26,9 @@ from analysis import matched, sections, tables
 from analysis.document import Document
 from analysis.pareto import aggregate_seeds, pareto_front
 from analysis.runs import Runs, prefer_confirm, stages_used
-from analysis.selection import GROUP, reference_points, resolve_targets, select_operating_points
+from analysis.selection import (GROUP, TARGET_GROUP, Target, reference_points, resolve_targets,
+                                select_operating_points)
+from study import runformat as rf
 from study.runformat import KEY_METRICS
 
 ARTIFACT_PATH = "report"
@@ -66,21 +69,19 @@ def make_report(
     usable = prefer_confirm(runs.usable_epochs())
     stages = stages_used(usable)
     carry = [c for c in ("setting", *runs.config_params) if c in usable.columns]
-    if all(c in usable.columns for c in KEY_METRICS):
-        agg = aggregate_seeds(usable, carry=carry)
-    else:  # nothing logged yet (a study that just started)
-        agg = pd.DataFrame(columns=list(EMPTY_POINTS_COLUMNS))
+    agg = _aggregate(usable, carry)
     points = agg[agg["candidate"].astype(bool)]
     front = pareto_front(points, x="compression_mean", y="test_error_mean", by=GROUP)
     agg["on_front"] = agg.index.isin(front.index)
     targets = resolve_targets(agg, explicit=target_error, study=study_target)
-    selected = select_operating_points(agg, targets) if len(agg) else pd.DataFrame(
-        columns=[*GROUP, "met_target", "target_error"])
+    selected = _select(agg, targets)
     unpruned = reference_points(agg)
     matched_seeds, comparison = matched.matched_frames(usable, agg, selected, targets, reference)
+    search = selection_frames(runs.usable_epochs(), carry, targets, (agg, selected, unpruned))
 
     agg.to_csv(tab_dir / "points.csv", index=False)
     front.to_csv(tab_dir / "pareto_front.csv", index=False)
+    search["front"].to_csv(tab_dir / "pareto_selection.csv", index=False)
     selected.to_csv(tab_dir / "operating_points.csv", index=False)
     runs.trials.to_csv(tab_dir / "trials.csv", index=False)
 
@@ -96,14 +97,47 @@ def make_report(
         part = sections.Slice.of(arch, dataset, target, runs.layers_of(arch), agg=agg,
                                  points=points, front=front, selected=selected,
                                  reference=unpruned, stages=stages,
-                                 matched_seeds=matched_seeds, matched=comparison)
+                                 matched_seeds=matched_seeds, matched=comparison,
+                                 **{f"search_{k}": v for k, v in search.items()})
         sections.arch_section(doc, part, runs, entries, usable_ids, fig_dir, tab_dir)
-    sections.files(doc)
+    sections.files(doc, out)
     (out / "report.md").write_text(doc.markdown())
     (out / "report.html").write_text(doc.html(title))
     if log_artifacts:
         log_report(runs, out)
     return out
+
+
+def _aggregate(epochs: pd.DataFrame, carry: list[str]) -> pd.DataFrame:
+    if all(c in epochs.columns for c in KEY_METRICS):
+        return aggregate_seeds(epochs, carry=carry)
+    return pd.DataFrame(columns=list(EMPTY_POINTS_COLUMNS))  # nothing logged yet
+
+
+def _select(agg: pd.DataFrame, targets: dict[tuple, Target]) -> pd.DataFrame:
+    keys = [c for c in TARGET_GROUP if c in agg.columns]
+    if len(agg) and keys:  # only the architectures and data sets a target was resolved for
+        agg = agg[[tuple(k) in targets for k in agg[keys].itertuples(index=False)]]
+    if agg.empty:
+        return pd.DataFrame(columns=[*GROUP, "met_target", "target_error"])
+    return select_operating_points(agg, targets)
+
+
+def selection_frames(usable: pd.DataFrame, carry: list[str], targets: dict[tuple, Target],
+                     report_frames: tuple[pd.DataFrame, ...]) -> dict[str, pd.DataFrame]:
+    """The selection view's frames, from the search runs only (where each method's
+    configuration and epoch were chosen): ``points`` (candidates), ``front`` (non-dominated
+    on **validation** error and compression), ``selected`` (the rule applied to them) and
+    ``reference`` (the unpruned method's best validation error). A study without confirm runs
+    reuses the report's own aggregate, operating points and reference (``report_frames``)."""
+    if "stage" in usable.columns and (usable["stage"] == rf.STAGE_CONFIRM).any():
+        agg = _aggregate(usable[usable["stage"] == rf.STAGE_SEARCH], carry)
+        selected, reference = _select(agg, targets), reference_points(agg)
+    else:
+        agg, selected, reference = report_frames
+    points = agg[agg["candidate"].astype(bool)]
+    front = pareto_front(points, x="compression_mean", y="val_error_mean", by=GROUP)
+    return {"points": points, "front": front, "selected": selected, "reference": reference}
 
 
 def study_methods(runs: Runs) -> set[str]:

@@ -4,16 +4,18 @@
 
 - ``trials``: one row per trial: ids, ``status`` (finished, diverged, pruned, failed,
   running) with boolean flags, ``stage`` (search or confirm; ``search`` when the run has no
-  stage tag), ``config`` (all params except the seed), ``setting`` (a short
-  label of the method's own params for tables: ``lam`` and ``threshold``, plus any other that
-  varies between the method's trials), every param (numbers parsed), the final (latest)
-  metrics;
+  stage tag), ``config`` (all params except the seed), ``setting`` (a short label for
+  tables: the method's searched or study-set params and its train overrides, see
+  :mod:`analysis.setting`), every param (numbers parsed), the final (latest) metrics;
 - ``epochs``: one row per trial × epoch: the trial's ids, status and params, ``epoch``,
   ``phase`` (reach, sparsify, or unknown when the trial logged no ``phase_index``) and every
   metric logged at that step;
-- ``layers``: one row per trial × epoch × layer: ``remaining`` (fraction) and, for the
-  sensitivity methods, ``sens_q10``, ``sens_q50``, ``sens_q90``, ``sens_mean``,
-  ``sens_frac_ge1``.
+- ``layers``: one row per trial × epoch × layer: ``remaining_pct`` (% of the layer's weights
+  left) and, for the sensitivity methods, ``sens_<stat>`` per statistic of
+  ``runformat.SENS_STATS`` (``sens_q50``, ``sens_frac_zero``, ...).
+
+Studies logged before ``remaining.<layer>`` (a fraction) became ``remaining_pct.<layer>`` (%)
+read as if written under the new name (``runformat.legacy_remaining``).
 
 Failed, diverged, pruned, running and superseded trials are kept and flagged, never dropped;
 ``Runs.usable_epochs()`` is the one place that leaves failed and superseded trials out;
@@ -31,11 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.setting import setting_labels
 from study import runformat as rf
 from study.runformat import CORE_PARAMS, NON_CONFIG_PARAMS, SEED_PARAMS, SENS_STATS, STANDARD_METRICS, STATUSES
 
-#: Method params always named in a row's setting; others only when they vary in the study.
-KEY_SETTINGS: tuple[str, ...] = ("lam", "threshold")
 #: The trials frame's columns that describe one run, not its configuration.
 TRIAL_INFO_COLUMNS: tuple[str, ...] = ("run_id", "trial_id", "parent_run_id", "run_name", "status",
                                        "stage", "mlflow_status", "start_time", "end_time")
@@ -179,12 +180,12 @@ def load_runs(tracking_uri: str | None, experiment: str, *, parent: str = "lates
                       if r.data.tags.get(rf.TAG_PARENT_RUN) == chosen.info.run_id]
     parent = chosen
 
-    trials, params, config_params = _trials_frame(trial_runs)
+    study = _study_yaml(client, parent.info.run_id) if parent is not None else None
+    trials, params, config_params = _trials_frame(trial_runs, study)
     history = _histories(client, trial_runs, bulk=bulk)
     epochs = _epochs_frame(trials, history, params)
     layer_order = _layer_order(client, trials, epochs)
     layers = _layers_frame(epochs, layer_order)
-    study = _study_yaml(client, parent.info.run_id) if parent is not None else None
     return Runs(
         trials=trials, epochs=epochs, layers=layers, experiment=experiment,
         tracking_uri=tracking_uri, experiment_id=exp.experiment_id,
@@ -231,20 +232,8 @@ def _parse_params(raw: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _settings(raw: pd.DataFrame, methods: pd.Series) -> list[str]:
-    """Per trial: ``k=v`` for its method's own params (undotted, not method/arch/dataset/seed)
-    that are in ``KEY_SETTINGS`` or take more than one value among that method's trials."""
-    own = [c for c in raw.columns
-           if "." not in c and c not in CORE_PARAMS and c not in SEED_PARAMS]
-    shown: dict[str, list[str]] = {}
-    for method, part in raw[own].groupby(methods.to_numpy(), sort=False):
-        shown[method] = [c for c in own if part[c].notna().any()
-                         and (c in KEY_SETTINGS or part[c].nunique() > 1)]
-    return [", ".join(f"{c}={row[c]}" for c in shown[m] if row[c] not in (None, "", "None"))
-            for m, (_, row) in zip(methods, raw.iterrows())]
-
-
-def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]:
+def _trials_frame(trial_runs: list, study: dict[str, Any] | None = None
+                  ) -> tuple[pd.DataFrame, list[str], list[str]]:
     param_names: list[str] = []
     for run in trial_runs:
         for key in run.data.params:
@@ -274,13 +263,13 @@ def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]
             "config": config,
         })
         raw_params.append({k: p.get(k) for k in param_names})
-        metric_rows.append(dict(run.data.metrics))
+        metric_rows.append(_current_names(run.data.metrics))
 
     info = pd.DataFrame(info_rows, columns=[*TRIAL_INFO_COLUMNS, "config"])
     raw = pd.DataFrame(raw_params, columns=param_names)
     methods = raw[rf.METHOD].fillna("unknown") if rf.METHOD in raw else pd.Series(
         ["unknown"] * len(raw))
-    info["setting"] = _settings(raw, methods) if len(raw) else []
+    info["setting"] = setting_labels(raw, methods, study) if len(raw) else []
     params = _parse_params(raw)
     metrics = pd.DataFrame(metric_rows)
     metrics = metrics[[c for c in metrics.columns if c not in param_names and c not in info.columns]]
@@ -293,6 +282,16 @@ def _trials_frame(trial_runs: list) -> tuple[pd.DataFrame, list[str], list[str]]
     newest = trials.sort_values("start_time", kind="stable").groupby("trial_id").tail(1).index
     trials["superseded"] = ~trials.index.isin(newest)
     return trials, [*param_names, *missing_core], config_params
+
+
+def _current_names(metrics: dict[str, float]) -> dict[str, float]:
+    """A run's metrics under today's names: legacy ``remaining.<layer>`` fractions become
+    ``remaining_pct.<layer>`` in %."""
+    out = {}
+    for key, value in metrics.items():
+        new = rf.legacy_remaining(key)
+        out[new or key] = 100.0 * value if new else value
+    return out
 
 
 def _histories(client, trial_runs: list, *, bulk: bool) -> pd.DataFrame:
@@ -322,6 +321,11 @@ def _histories(client, trial_runs: list, *, bulk: bool) -> pd.DataFrame:
     big = np.finfo(float).max
     hist["value"] = hist["value"].astype(float).mask(hist["value"] >= big, np.inf).mask(
         hist["value"] <= -big, -np.inf)
+    renamed = hist["key"].map(rf.legacy_remaining)
+    legacy = renamed.notna()
+    if legacy.any():
+        hist.loc[legacy, "value"] *= 100.0
+        hist.loc[legacy, "key"] = renamed[legacy]
     hist = hist.sort_values(["run_id", "key", "step", "timestamp"], kind="stable")
     return hist.drop_duplicates(["run_id", "key", "step"], keep="last")
 
@@ -393,10 +397,10 @@ def _layer_order(client, trials: pd.DataFrame, epochs: pd.DataFrame) -> dict[str
 def _layers_frame(epochs: pd.DataFrame, layer_order: dict[str, list[str]]) -> pd.DataFrame:
     id_cols = [c for c in ("run_id", "trial_id", "status", "config", "method", "arch", "dataset",
                            "seed", "epoch", "phase") if c in epochs.columns]
-    value_cols = ["remaining", *SENS_COLUMNS]
+    value_cols = [rf.REMAINING_PCT, *SENS_COLUMNS]
     parts = []
     for layer in _layer_names(epochs.columns):
-        source = {"remaining": rf.remaining_key(layer),
+        source = {rf.REMAINING_PCT: rf.remaining_key(layer),
                   **{sens_column(s): rf.sens_key(layer, s) for s in SENS_STATS}}
         present = {k: v for k, v in source.items() if v in epochs.columns}
         part = epochs[id_cols + list(present.values())].rename(

@@ -2,10 +2,12 @@
 
 :mod:`analysis.report` computes the frames (points, fronts, operating points, targets) and
 calls these writers in order: ``summary``, ``unfinished``, one ``arch_section`` per
-architecture × data set (which runs it reads, table, compression at matched error, Pareto
-front, layer profile, training curves, sensitivity statistics), ``files``. Each writer adds blocks to a :class:`analysis.document.Document`
-and saves its figure or table files; the one-line findings under each figure (best
-compression, hardest-pruned layer, loss minima) are small pure functions.
+architecture × data set (which runs it reads, table, compression at matched error, the
+selection view of the Pareto fronts, the reporting view of the selected points, layer profile,
+training curves, sensitivity statistics), ``files``. Each writer adds blocks to a
+:class:`analysis.document.Document` and saves its figure or table files; the one-line findings
+under each figure (selected compression, hardest-pruned layer, loss minima) are small pure
+functions.
 """
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import figures, matched_text, tables
+from analysis import figstyle, figures, matched_text, tables
 from analysis.document import Document
+from analysis.findings import (confirm_mismatches, hardest_layers, loss_minima,
+                               selected_highlights)
 from analysis.runs import SENS_COLUMNS, Runs, sens_column
-from analysis.selection import REFERENCE_METHOD, Target, chosen_configs
+from analysis.selection import Target, chosen_configs
 from study import runformat as rf
 from study.runformat import STATUSES
 
@@ -35,7 +39,9 @@ def slug(text: str) -> str:
 class Slice:
     """One architecture × data set: its target, its layers and its rows of the report's
     frames (seed-aggregated points, candidate points, fronts, operating points, reference;
-    the stage each method's runs come from; the matched comparison per seed and per method)."""
+    the stage each method's runs come from; the matched comparison per seed and per method;
+    the selection view's candidate points, validation-error fronts, operating points and
+    reference, from the search runs: ``report.selection_frames``)."""
 
     arch: str
     dataset: str
@@ -49,6 +55,10 @@ class Slice:
     stages: pd.DataFrame = field(default_factory=pd.DataFrame)
     matched_seeds: pd.DataFrame = field(default_factory=pd.DataFrame)
     matched: pd.DataFrame = field(default_factory=pd.DataFrame)
+    search_points: pd.DataFrame = field(default_factory=pd.DataFrame)
+    search_front: pd.DataFrame = field(default_factory=pd.DataFrame)
+    search_selected: pd.DataFrame = field(default_factory=pd.DataFrame)
+    search_reference: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def of(cls, arch: str, dataset: str, target: Target, layers: list[str],
@@ -83,40 +93,6 @@ def sensitivity_stats(layers: pd.DataFrame, run_ids: set[str],
     if part.empty:
         return empty
     return part.groupby(["method", "epoch", "layer"], sort=True)[cols].mean().reset_index()
-
-
-# -- one-line findings under the figures -------------------------------------------------------------
-def front_highlights(front: pd.DataFrame) -> list[str]:
-    """Per method (not the reference): its front's highest compression and that point's error."""
-    return [f"{tables.method_label(m)} {g['compression_mean'].max():.1f}× at "
-            f"{g.loc[g['compression_mean'].idxmax(), 'test_error_mean']:.2f}%"
-            for m, g in front.groupby("method") if m != REFERENCE_METHOD]
-
-
-def hardest_layers(selected: pd.DataFrame, layers: Sequence[str]) -> list[str]:
-    """Per method at an operating point that meets the target: its least remaining layer."""
-    out = []
-    for _, row in selected[selected["met_target"]
-                           & (selected["method"] != REFERENCE_METHOD)].iterrows():
-        left = {l: row.get(f"remaining.{l}_mean", np.nan) for l in layers}
-        left = {l: v for l, v in left.items() if pd.notna(v)}
-        if left:
-            low = min(left, key=left.get)
-            out.append(f"{tables.method_label(row['method'])}: {low} ({100 * left[low]:.3g}% left)")
-    return out
-
-
-def loss_minima(curves: pd.DataFrame) -> list[str]:
-    """Per method: the minimum of its mean test loss, its epoch, and the last value."""
-    out = []
-    for m, c in curves.groupby("method") if len(curves) else []:
-        c = c.sort_values("epoch")
-        loss = c["test_loss_mean"].to_numpy(dtype=float) if "test_loss_mean" in c else np.array([])
-        if len(loss) and np.isfinite(loss).any():
-            i = int(np.nanargmin(loss))
-            out.append(f"{tables.method_label(m)}: minimum {loss[i]:.3f} at epoch "
-                       f"{int(c['epoch'].iloc[i])}, last {loss[-1]:.3f}")
-    return out
 
 
 # -- the sections ----------------------------------------------------------------------------------
@@ -179,25 +155,46 @@ def arch_section(doc: Document, part: Slice, runs: Runs, entries: list, usable_i
     _table(doc, part, entries, tab_dir)
     _matched(doc, part, tab_dir)
     _pareto(doc, part, fig_dir)
+    _operating_points(doc, part, fig_dir)
     _layer_profile(doc, part, fig_dir)
     configs = _training_curves(doc, part, fig_dir)
     _sensitivity(doc, part, sensitivity_stats(runs.layers, usable_ids, configs), fig_dir, tab_dir)
 
 
-def files(doc: Document) -> None:
+#: What the report's files hold, by name pattern (``fnmatch``), in the order ``files`` lists them.
+FILE_NOTES: tuple[tuple[str, str], ...] = (
+    ("tables/points.csv", "every configuration × epoch, seed-aggregated (mean, std, n_seeds, "
+     "complete, candidate, on_front)"),
+    ("tables/pareto_front.csv", "the non-dominated candidate points per method, architecture "
+     "and data set, of the runs the tables read (test error minimized, compression maximized)"),
+    ("tables/pareto_selection.csv", "the selection view's fronts: the search runs' "
+     "non-dominated points on validation error"),
+    ("tables/operating_points.csv", "the point the rule selected per method"),
+    ("tables/trials.csv", "every trial with its status, params and final metrics"),
+    ("tables/table_*", "the paper-layout tables (LaTeX needs `booktabs`)"),
+    ("tables/matched_seeds_*", "the matched point of every seed"),
+    ("tables/matched_*", "compression at matched validation error per method, against the "
+     "reference"),
+    ("tables/sensitivity_*", "the sensitivity statistics at the last logged epoch"),
+    ("figures/*", "the figures above, as PNG and PDF"),
+    ("*", "other files"),
+)
+
+
+def files(doc: Document, out: Path) -> None:
+    """Every file of the report folder, as links, grouped by what it holds."""
+    from fnmatch import fnmatch
+
     doc.heading(2, "Files")
-    doc.items([
-        "`tables/points.csv`: every configuration × epoch, seed-aggregated (mean, std, "
-        "n_seeds, complete, candidate, on_front).",
-        "`tables/pareto_front.csv`: the non-dominated candidate points per method, architecture "
-        "and data set (test error minimized, compression maximized).",
-        "`tables/operating_points.csv`: the point the rule selected per method.",
-        "`tables/trials.csv`: every trial with its status, params and final metrics.",
-        "`tables/table_*.{md,csv,tex}`: the paper-layout tables (LaTeX needs `booktabs`).",
-        "`tables/matched_*.{md,csv,tex}`: compression at matched validation error per method, "
-        "against the reference; `tables/matched_seeds_*.csv`: the matched point of every seed.",
-        "`figures/*.{png,pdf}`: the figures above.",
-    ])
+    paths = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                   if p.is_file() and p.parent != out)
+    items, seen = [], set()
+    for pattern, note in FILE_NOTES:
+        group = [p for p in paths if p not in seen and fnmatch(p, pattern)]
+        seen.update(group)
+        if group:
+            items.append(", ".join(f"[{p}]({p})" for p in group) + f": {note}.")
+    doc.items(items)
 
 
 def _table(doc: Document, part: Slice, entries: list, tab_dir: Path) -> None:
@@ -251,21 +248,56 @@ def _matched(doc: Document, part: Slice, tab_dir: Path) -> None:
 
 
 def _pareto(doc: Document, part: Slice, fig_dir: Path) -> None:
-    doc.heading(3, "Pareto front: test error against compression")
-    fig = figures.pareto_figure(part.points, part.front, part.selected, part.reference,
-                                title=f"{part.name}: error vs compression")
-    text = ("Each faint dot is one configuration at one sparsify-phase epoch (mean over its "
-            "seeds). Lines join each method's non-dominated points, those that no other point of "
-            "the same method beats in both test error and compression, with ±1 std over seeds as "
-            "error bars on both axes. Stars mark the operating points of the table. Compression "
-            "is on a log axis; lower and further right is better.")
+    doc.heading(3, "Pareto fronts: the selection (validation error)")
+    fig = figures.pareto_selection_figure(
+        part.search_points, part.search_front, part.search_selected, part.search_reference,
+        part.target.value, title=f"{part.name}: validation error vs compression (search runs)")
+    text = ("The selection view: validation error, the quantity the selection rule reads, "
+            "against compression (log axis), from the search runs, where each method's "
+            "configuration and epoch were chosen. One panel per method: faint dots are its "
+            "configurations at each sparsify-phase epoch (mean over seeds); the line joins its "
+            "non-dominated points (no other point of the method has both lower validation "
+            "error and higher compression), with ±1 std over seeds on both axes; the star is its "
+            "selected point, the highest compression under the dotted target; grey lines are "
+            "the other methods' fronts. Test error plays no part here: the next figure reports it.")
+    if len(part.search_reference):
+        r = part.search_reference.iloc[0]
+        text += (f" The dashed line is the unpruned `none` baseline's best validation error, "
+                 f"{r['val_error_mean']:.2f}%.")
+    confirmed = (part.stages[part.stages["stage"].str.contains(rf.STAGE_CONFIRM)]
+                 if len(part.stages) else part.stages)
+    if len(confirmed):
+        text += (" For " + ", ".join(confirmed["method"]) + " the star marks the configuration "
+                 "the confirm runs retrain on fresh seeds; the table and the next figure report "
+                 "those runs.")
+        odd = confirm_mismatches(part.search_selected, part.selected, part.stages)
+        if odd:
+            text += (" Note: the confirm runs of " + ", ".join(odd) + " retrain a configuration "
+                     "other than the starred one.")
+    _figure(doc, fig, fig_dir / f"pareto_{part.stem}", f"Pareto fronts, {part.name}", text,
+            "No sparsify-phase point is complete yet.",
+            selected_highlights(part.search_selected), " Selected (validation error): ")
+
+
+def _operating_points(doc: Document, part: Slice, fig_dir: Path) -> None:
+    doc.heading(3, "Selected operating points: test error")
+    has_confirm = len(part.stages) and part.stages["stage"].str.contains(rf.STAGE_CONFIRM).any()
+    stages = dict(zip(part.stages["method"], part.stages["stage"])) if has_confirm else {}
+    fig = figures.operating_points_figure(part.selected, part.reference, stages,
+                                          title=f"{part.name}: selected operating points")
+    text = ("The reporting view: at each method's selected operating point (the table's row), "
+            "the test error (left) and the compression (right, log axis), mean ± 1 std over "
+            "seeds, from the runs the table reads"
+            + (" (confirm or search, as labelled)" if stages else "") + ". "
+            "A method marked \"none selected\" has no point whose mean validation error meets "
+            "the target.")
     if len(part.reference):
         r = part.reference.iloc[0]
-        text += (f" The dashed line is the unpruned `none` baseline at its lowest validation "
-                 f"error: {r['test_error_mean']:.2f}% test error.")
-    _figure(doc, fig, fig_dir / f"pareto_{part.stem}", f"Pareto front, {part.name}", text,
-            "No sparsify-phase point is complete yet.",
-            front_highlights(part.front), " Highest compression on each front: ")
+        text += (f" The dashed line and band are the unpruned `none` baseline's test error, "
+                 f"{r['test_error_mean']:.2f}% ± {np.nan_to_num(r.get('test_error_std', np.nan)):.2f}.")
+    _figure(doc, fig, fig_dir / f"operating_points_{part.stem}",
+            f"Selected operating points, {part.name}", text,
+            "No method has an operating point that meets the target yet.")
 
 
 def _layer_profile(doc: Document, part: Slice, fig_dir: Path) -> None:
@@ -273,8 +305,10 @@ def _layer_profile(doc: Document, part: Slice, fig_dir: Path) -> None:
     fig = figures.layer_profile_figure(part.selected, part.layers,
                                        title=f"{part.name}: remaining weights per layer")
     text = ("Remaining weights in each layer (%, log scale, ±1 std over seeds) for every method "
-            "at its selected operating point, layers in model order from input to output. It "
-            "shows which layers each method prunes hardest.")
+            "at its selected operating point, one dot per method, side by side within each "
+            "layer, layers in model order from input to output. It shows which layers each method "
+            "prunes hardest. Methods listed as \"none selected\" have no operating point that "
+            "meets the target.")
     _figure(doc, fig, fig_dir / f"layer_profile_{part.stem}", f"Layer profile, {part.name}", text,
             "No method has an operating point that meets the target yet.",
             hardest_layers(part.selected, part.layers), " Hardest-pruned layer: ")
@@ -287,11 +321,13 @@ def _training_curves(doc: Document, part: Slice, fig_dir: Path) -> dict[str, str
     agg = part.agg
     curves = agg[agg["config"].isin(set(configs.values()))] if len(agg) else agg
     fig = figures.training_curves_figure(curves, title=f"{part.name}: test loss per epoch")
-    text = ("Test loss (cross-entropy) per epoch, mean and ±1 std over seeds, for one "
-            "configuration per method: the one at its operating point, or else the one with "
-            "the lowest validation error. Both phases are shown, as in the paper's Fig. 2. A "
-            "loss that climbs after its minimum means the regularizer does not prevent "
-            "overfitting.")
+    text = ("Test loss (cross-entropy) per epoch, mean and ±1 std over seeds, one panel per "
+            "method, for one configuration per method: the one at its operating point, or else "
+            "the one with the lowest validation error. The unpruned `none` baseline is dashed in "
+            "every panel. Both phases are shown, as in the paper's Fig. 2: the reach phase is "
+            "shaded and the dash-dotted line marks the first sparsify epoch (hatched where the "
+            "seeds changed phase at different epochs). A loss that climbs after its minimum means "
+            "the regularizer does not prevent overfitting.")
     _figure(doc, fig, fig_dir / f"training_curves_{part.stem}", f"Training curves, {part.name}",
             text, "No test loss was logged.", loss_minima(curves), " ")
     return configs
@@ -303,12 +339,15 @@ def _sensitivity(doc: Document, part: Slice, stats: pd.DataFrame, fig_dir: Path,
     fig = figures.sensitivity_figure(stats, part.layers,
                                      title=f"{part.name}: sensitivity S during training")
     text = ("For each sensitivity method (its configuration as in the training curves): per "
-            "layer, the median sensitivity S of the weights over training, with the 10th and 90th "
-            "percentiles dashed (log scale; a percentile of exactly 0 is drawn at the bottom of "
-            "the axis), and the share of weights with S ≥ 1. "
+            "layer and epoch, statistics over the layer's unpruned weights of each weight's S "
+            "averaged over the epoch's steps (not the last step's S, which depends on what its "
+            "batch held). Left: the median S, with the 10th and 90th percentiles dashed, on a "
+            "log axis that turns linear near 0 (shaded) so that an S of exactly 0 is drawn at 0. "
+            "Right: the share of weights with S ≥ 1 (solid) and with S = 0 (dashed: a weight "
+            "that no output depended on during the whole epoch). "
             "The update shrinks a weight by λ·w·max(0, 1 − S), so weights with S ≥ 1 (above "
-            "the dotted line) are left alone. These are the statistics the trials logged "
-            "(`sens.<layer>.*`), averaged over seeds.")
+            "the dotted line) are left alone and weights with S = 0 decay at the full rate λ. "
+            "These are the statistics the trials logged (`sens.<layer>.*`), averaged over seeds.")
     _figure(doc, fig, fig_dir / f"sensitivity_{part.stem}", f"Sensitivity statistics, {part.name}",
             text, "No trial of this architecture logged sensitivity statistics.")
     if len(stats):
@@ -321,6 +360,8 @@ def _sensitivity(doc: Document, part: Slice, stats: pd.DataFrame, fig_dir: Path,
             **{f"S {q}": last[sens_column(q)].map(lambda v: f"{v:.3g}")
                for q in ("q10", "q50", "q90", "mean")},
             "S ≥ 1 (%)": (100 * last[sens_column("frac_ge1")]).map(lambda v: f"{v:.3g}"),
+            **({"S = 0 (%)": (100 * last[sens_column("frac_zero")]).map(lambda v: f"{v:.3g}")}
+               if last[sens_column("frac_zero")].notna().any() else {}),
         }))
 
 
@@ -342,6 +383,6 @@ def _figure(doc: Document, fig, stem: Path, alt: str, text: str, empty: str,
         return
     if findings:
         text += lead + "; ".join(findings) + "."
-    paths = figures.save(fig, stem)
+    paths = figstyle.save(fig, stem)
     doc.image(f"figures/{paths[0].name}", alt)
     doc.para(text + f" ([PDF](figures/{paths[1].name}))")

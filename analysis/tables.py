@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from study.runformat import remaining_key
+
 DEFAULT_LITERATURE = Path(__file__).resolve().parents[1] / "configs" / "literature.yaml"
 
 #: Display order and names; methods not listed follow in alphabetical order.
@@ -93,7 +95,7 @@ def literature_rows(entries: Sequence[dict], arch: str, dataset: str,
         row = {
             "method": e.get("method") or "", "label": e["label"], "source": REPORTED,
             "setting": e.get("block", ""), "epoch": np.nan, "n_seeds": np.nan,
-            **{f"remaining_pct.{layer}": _num(remaining.get(layer)) for layer in layers},
+            **{remaining_key(layer): _num(remaining.get(layer)) for layer in layers},
             "nonzero": _num(e.get("nonzero")), "memory_kb": _num(e.get("memory_kb")),
             "compression": _num(e.get("compression")),
             "test_error": _num(e.get("top1_error")), "test_error_std": np.nan,
@@ -111,7 +113,7 @@ def _num(value: Any) -> float:
 # -- the numeric table --------------------------------------------------------------------------
 def table_columns(layers: Sequence[str]) -> list[str]:
     return ["method", "label", "source", "setting", "epoch", "n_seeds",
-            *(f"remaining_pct.{layer}" for layer in layers),
+            *(remaining_key(layer) for layer in layers),
             "nonzero", "memory_kb", "compression", "test_error", "test_error_std",
             "val_error", "target_error", "met_target", "note"]
 
@@ -131,7 +133,7 @@ def measured_rows(selected: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame
             "method": s["method"], "label": method_label(s["method"]), "source": MEASURED,
             "setting": s.get("setting", "") if met and isinstance(s.get("setting"), str) else "",
             "epoch": get("epoch"), "n_seeds": get("n_seeds"),
-            **{f"remaining_pct.{layer}": get(f"remaining.{layer}_mean", 100.0) for layer in layers},
+            **{remaining_key(layer): get(f"{remaining_key(layer)}_mean") for layer in layers},
             "nonzero": get("nonzero_mean"), "memory_kb": get("memory_kb_mean"),
             "compression": get("compression_mean"),
             "test_error": get("test_error_mean"), "test_error_std": get("test_error_std"),
@@ -213,7 +215,7 @@ def format_table(table: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
             return f"{value:g}" if reported else fmt(value)
 
         def pct(layer: str) -> str:
-            return printed(r[f"remaining_pct.{layer}"], fmt_pct)
+            return printed(r[remaining_key(layer)], fmt_pct)
 
         if reported:
             setting = "; ".join(s for s in (r["setting"], r["note"]) if s)
@@ -236,16 +238,19 @@ def format_table(table: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
 _NUMBER_CELL = re.compile(r"[-+]?[\d.,]+(e[-+]?\d+)?\s*[kM%×]?(\s*±\s*[\d.,]+)?|—|N/A|")
 
 
+def numeric_column(display: pd.DataFrame, col: str) -> bool:
+    """Whether every cell of a display column is a number (or a dash): right-aligned."""
+    return all(_NUMBER_CELL.fullmatch(str(v).strip()) for v in display[col])
+
+
 def to_markdown(display: pd.DataFrame) -> str:
     """A GitHub pipe table: numeric columns right-aligned, text left-aligned."""
     def cell(v: Any) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
-    def numeric(col: str) -> bool:
-        return all(_NUMBER_CELL.fullmatch(str(v).strip()) for v in display[col])
-
     lines = ["| " + " | ".join(cell(c) for c in display.columns) + " |",
-             "|" + "|".join("---:" if numeric(c) else ":---" for c in display.columns) + "|"]
+             "|" + "|".join("---:" if numeric_column(display, c) else ":---"
+                            for c in display.columns) + "|"]
     for row in display.itertuples(index=False):
         lines.append("| " + " | ".join(cell(v) for v in row) + " |")
     return "\n".join(lines) + "\n"

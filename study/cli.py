@@ -92,12 +92,14 @@ class EpochPrinter:
 def layer_table(layers: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
+    from study.runformat import REMAINING_PCT
+
     table = Table(title="final per-layer sparsity")
     for col in ("layer", "weights", "nonzero", "remaining %", "biases", "nonzero biases"):
         table.add_column(col, justify="right")
     for row in layers:
         table.add_row(
-            str(row["layer"]), f"{row['total']:,}", f"{row['nonzero']:,}", f"{100 * row['remaining']:.2f}",
+            str(row["layer"]), f"{row['total']:,}", f"{row['nonzero']:,}", f"{row[REMAINING_PCT]:.2f}",
             f"{row['bias_total']:,}", f"{row['bias_nonzero']:,}",
         )
     return table

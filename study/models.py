@@ -1,6 +1,6 @@
 """Architecture registry: name -> builder -> ``nn.Module`` that returns logits.
 
-Prunable layers keep fixed names, which become ``remaining.<layer>`` metrics:
+Prunable layers keep fixed names, which become ``remaining_pct.<layer>`` metrics:
 lenet300 -> fc1, fc2, fc3; lenet5 -> conv1, conv2, fc1, fc2; mlp -> fc1 ... fcN;
 vgg16 -> torchvision's names (features.0, ..., features.28, classifier.0, .3, .6).
 

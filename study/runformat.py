@@ -70,21 +70,35 @@ STANDARD_METRICS: tuple[str, ...] = (
 )
 #: A (trial, epoch) point counts only when these are finite numbers.
 KEY_METRICS: tuple[str, ...] = (TEST_ERROR, VAL_ERROR, COMPRESSION)
-#: Metrics a search objective or a scheduler may use (plus ``remaining.<layer>``).
+#: Metrics a search objective or a scheduler may use (plus ``remaining_pct.<layer>``).
 OBJECTIVE_METRICS: tuple[str, ...] = (
     VAL_ERROR, VAL_LOSS, TRAIN_LOSS, TEST_ERROR, TEST_LOSS, COMPRESSION, SPARSITY, NONZERO, MEMORY_KB,
 )
 
-# Per-layer metrics: ``remaining.<layer>`` (a fraction of the layer's weights) and the
-# sensitivity statistics ``sens.<layer>.<stat>``.
-REMAINING_PREFIX = "remaining."
+# Per-layer metrics: ``remaining_pct.<layer>`` (the share of the layer's weights left, in %,
+# 0-100, as every table prints it) and the sensitivity statistics ``sens.<layer>.<stat>``.
+#: The per-layer remaining share, in %: the metric's stem, the ``layers.csv`` column and the
+#: column of the report's per-layer frame.
+REMAINING_PCT = "remaining_pct"
+REMAINING_PREFIX = f"{REMAINING_PCT}."
+#: What studies logged before the rename: ``remaining.<layer>`` as a fraction (0-1). The reader
+#: turns it into ``remaining_pct.<layer>`` (``legacy_remaining``); nothing writes it.
+LEGACY_REMAINING_PREFIX = "remaining."
 SENS_PREFIX = "sens."
 SENS_STATS: tuple[str, ...] = ("q10", "q50", "q90", "mean", "frac_ge1", "frac_zero")
 
 
 def remaining_key(layer: str) -> str:
-    """``fc1`` → ``remaining.fc1``."""
+    """``fc1`` → ``remaining_pct.fc1``."""
     return f"{REMAINING_PREFIX}{layer}"
+
+
+def legacy_remaining(key: str) -> str | None:
+    """``remaining.fc1`` (a fraction, as older studies logged it) → ``remaining_pct.fc1`` (its
+    value times 100); None for any other key."""
+    if key.startswith(LEGACY_REMAINING_PREFIX):
+        return remaining_key(key[len(LEGACY_REMAINING_PREFIX):])
+    return None
 
 
 def sens_key(layer: str, stat: str) -> str:
@@ -93,7 +107,7 @@ def sens_key(layer: str, stat: str) -> str:
 
 
 def layer_of_metric(key: str) -> str | None:
-    """The layer a per-layer metric belongs to (``remaining.fc1``, ``sens.fc1.q50`` → ``fc1``),
+    """The layer a per-layer metric belongs to (``remaining_pct.fc1``, ``sens.fc1.q50`` → ``fc1``),
     else None."""
     if key.startswith(REMAINING_PREFIX):
         return key[len(REMAINING_PREFIX):]
@@ -152,7 +166,7 @@ STUDY_YAML = "study.yaml"
 STUDY_SOURCE_YAML = "study.source.yaml"
 LAYERS_CSV = "layers.csv"
 HISTORY_CSV = "history.csv"
-LAYER_COLUMNS: tuple[str, ...] = ("layer", "total", "nonzero", "bias_total", "bias_nonzero", "remaining")
+LAYER_COLUMNS: tuple[str, ...] = ("layer", "total", "nonzero", "bias_total", "bias_nonzero", REMAINING_PCT)
 #: The SQLite store a study keeps in its output folder by default.
 STORE_FILE = "mlflow.db"
 

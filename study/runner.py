@@ -224,6 +224,7 @@ def _study_constants(config: StudyConfig, tracking: dict[str, Any], commit: str 
         "data": config.data.model_dump(mode="json"),
         "model": config.model.model_dump(mode="json"),
         "cpus_per_trial": config.resources.cpus_per_trial,
+        "checkpoint": {"every": config.resources.checkpoint_every, "seconds": config.resources.checkpoint_seconds},
         "tracking": tracking,
         "hooks": dict(hooks or {}),
     }

@@ -163,6 +163,12 @@ class SchedulerSettings(_Section):
     reduction_factor: float = Field(3.0, ge=2)
 
 
+#: Trial checkpoint schedule defaults: a checkpoint every 10 epochs or 2 minutes, whichever
+#: comes first (a crash re-trains at most that much; see the README's Performance section).
+CHECKPOINT_EVERY = 10
+CHECKPOINT_SECONDS = 120.0
+
+
 class ResourceSettings(_Section):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0, description="fractions share a GPU, e.g. 0.25")
@@ -171,6 +177,13 @@ class ResourceSettings(_Section):
     num_gpus: int | None = Field(None, ge=0, description="in-process Ray only: GPUs to use (default all)")
     max_failures: int = Field(2, ge=0, description="retries of a crashed trial, from its last checkpoint")
     checkpoints_to_keep: int = Field(1, ge=1)
+    # A trial reports every epoch; a checkpoint goes with the report on this schedule (and at the
+    # phase change and the end): a restarted trial re-trains the epochs since its last one.
+    checkpoint_every: int = Field(CHECKPOINT_EVERY, ge=0,
+                                  description="epochs between a trial's checkpoints (0: by time only)")
+    checkpoint_seconds: float | None = Field(CHECKPOINT_SECONDS, gt=0,
+                                             description="seconds after which the next epoch checkpoints "
+                                                         "(null: by epochs only)")
 
 
 class StudyConfig(_Section):

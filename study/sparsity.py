@@ -29,7 +29,7 @@ def prunable_weights(model: nn.Module) -> dict[str, Tensor]:
 
 
 def layer_of(param_name: str) -> str:
-    """``fc1.weight`` → ``fc1``: the layer name used in ``remaining.<layer>``."""
+    """``fc1.weight`` → ``fc1``: the layer name used in ``remaining_pct.<layer>``."""
     return param_name.rsplit(".", 1)[0] if "." in param_name else ""
 
 
@@ -64,10 +64,17 @@ class LayerCount:
 
     @property
     def remaining(self) -> float:
+        """The share of the layer's weights left (a fraction)."""
         return self.nonzero / self.total if self.total else 0.0
 
+    @property
+    def remaining_pct(self) -> float:
+        """The same in %, as it is logged (``remaining_pct.<layer>``) and tabled."""
+        return 100.0 * self.remaining
+
     def as_row(self) -> dict[str, float | int | str]:
-        return {**asdict(self), "remaining": self.remaining}
+        """A ``layers.csv`` row (``runformat.LAYER_COLUMNS``)."""
+        return {**asdict(self), rf.REMAINING_PCT: self.remaining_pct}
 
 
 @dataclass(frozen=True)
@@ -103,14 +110,14 @@ class SparsityReport:
         return self.nonzero * BYTES_PER_WEIGHT / 1000.0
 
     def metrics(self) -> dict[str, float]:
-        """The DESIGN.md per-epoch sparsity metrics, ``remaining.<layer>`` included."""
+        """The DESIGN.md per-epoch sparsity metrics, ``remaining_pct.<layer>`` (%) included."""
         out: dict[str, float] = {
             rf.COMPRESSION: self.compression,
             rf.SPARSITY: self.sparsity,
             rf.NONZERO: float(self.nonzero),
             rf.MEMORY_KB: self.memory_kb,
         }
-        out.update({rf.remaining_key(layer.layer): layer.remaining for layer in self.layers})
+        out.update({rf.remaining_key(layer.layer): layer.remaining_pct for layer in self.layers})
         return out
 
     def table(self) -> list[dict[str, float | int | str]]:

@@ -237,11 +237,15 @@ class Tracker:
             self.call(self.client.log_batch, run_id, params=new[start : start + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        self.log_steps(run_id, [(step, metrics)])
+
+    def log_steps(self, run_id: str, steps: Iterable[tuple[int, dict[str, float]]]) -> None:
+        """The metrics of several steps (epochs) in as few calls as MLflow allows."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         # NaN is stored as it is; SQL stores keep ±inf as ±(largest float), which the reader undoes.
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        items = [Metric(k, float(v), now, step) for step, metrics in steps for k, v in metrics.items()]
         for start in range(0, len(items), 1000):
             self.call(self.client.log_batch, run_id, metrics=items[start : start + 1000])
 

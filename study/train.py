@@ -55,12 +55,19 @@ class Callback(Protocol):
     def on_epoch_end(self, record: dict[str, Any], checkpoint: Callable[[], dict[str, Any]]) -> None: ...
 
 
+#: Why a run stopped: its last epoch, the patience rule, or a non-finite loss.
+StopReason = Literal["epochs", "patience", "diverged"]
+
+
 @dataclass
 class _State:
+    """A run's bookkeeping (plain values: it goes into checkpoints as it is)."""
+
     epoch: int = 0
     phase: Phase = "reach"
     epochs_above_target: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    diverged: bool = False
 
 
 def method_context(data: Data, config: TrainConfig) -> MethodContext:
@@ -128,63 +135,101 @@ def next_phase(state: _State, config: TrainConfig, val_error: float) -> Phase:
     return "sparsify" if reached or state.epoch >= config.reach_epochs else "reach"
 
 
-def fit(
-    model: nn.Module,
-    method: Method,
-    data: Data,
-    config: TrainConfig,
-    *,
-    callbacks: Sequence[Callback] = (),
-    resume: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Train ``model`` with ``method`` through both phases; return the per-epoch history."""
-    device = torch.device(config.device)
-    seed_everything(config.seed)
-    model.to(device)
-    method.attach(model)
-    model.to(device)  # attach may add parameters
-    optimizer = make_optimizer(model, config)
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    state = _State(phase="sparsify" if config.reach_epochs == 0 else "reach")
+class Trainer:
+    """One training run, stepped one epoch at a time: the model, optimizer, method, batch-order
+    generator, torch RNG stream, phase bookkeeping and history live here across epochs.
 
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        method.load_state_dict(resume["method"], device)
-        generator.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])
-        state = _State(**resume["state"])
+    ``run_epoch()`` trains, evaluates and returns one epoch's record; ``done`` and
+    ``stop_reason`` (``epochs``, ``patience`` or ``diverged``) say when the run is over.
+    ``state_dict()`` / ``load_state_dict()`` hold everything a resumed run needs to continue
+    bit-for-bit (on the CPU) as if it had never stopped, as tensors and plain Python values only
+    (they load with ``torch.load(..., weights_only=True)``).
 
-    def checkpoint() -> dict[str, Any]:
-        # A deep copy: the live tensors keep changing after the callback returns.
-        return copy.deepcopy({
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "method": method.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "state": asdict(state),
-        })
+    Each trainer keeps its own torch RNG stream (set at the start of each epoch, saved at its
+    end), so several trainers in one process (the seeds of a trial, in lockstep) do not draw
+    from each other's stream. The loop uses no other RNG (Python's and NumPy's are only seeded).
+    """
 
-    status: Literal["finished", "diverged"] = "finished"
-    while state.epoch < config.epochs and status == "finished":
+    def __init__(self, model: nn.Module, method: Method, data: Data, config: TrainConfig) -> None:
+        self.model, self.method, self.data, self.config = model, method, data, config
+        self.device = torch.device(config.device)
+        seed_everything(config.seed)
+        model.to(self.device)
+        method.attach(model)
+        model.to(self.device)  # attach may add parameters
+        self.optimizer = make_optimizer(model, config)
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self._rng = _rng_state(self.device)
+        self.state = _State(phase="sparsify" if config.reach_epochs == 0 else "reach")
+
+    # -- where the run stands ----------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """Epochs trained so far."""
+        return self.state.epoch
+
+    @property
+    def phase(self) -> Phase:
+        """The phase of the next epoch."""
+        return self.state.phase
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.state.history
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        """Why the run is over, or None while it goes on (from the state and the settings, so
+        a run resumed with more epochs goes on)."""
+        config, state = self.config, self.state
+        if state.diverged:
+            return "diverged"
+        if config.patience and state.epochs_above_target >= config.patience:
+            return "patience"
+        if state.epoch >= config.epochs:
+            return "epochs"
+        return None
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None
+
+    @property
+    def status(self) -> Literal["finished", "diverged"]:
+        """How the run ends (so far): ``diverged`` after a non-finite loss, else ``finished``."""
+        return "diverged" if self.state.diverged else "finished"
+
+    def layers(self) -> list[dict[str, Any]]:
+        """The per-layer counts of the model as it is now (DESIGN.md's counting)."""
+        return sparsity.count_model(self.model, self.method.effective_weights(self.model)).table()
+
+    def result(self) -> TrainResult:
+        return TrainResult(history=self.state.history, layers=self.layers(), status=self.status)
+
+    # -- one epoch ---------------------------------------------------------------------------
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch of the current phase, evaluate, and return its record."""
+        if self.done:
+            raise RuntimeError(f"the run is over ({self.stop_reason}) after epoch {self.state.epoch}")
+        model, method, config, state = self.model, self.method, self.config, self.state
+        _set_rng_state(self.device, self._rng)
         state.epoch += 1
         start = time.perf_counter()
         model.train()
-        loss_sum, seen = 0.0, 0
-        for x, y in data.train.batches(config.batch_size, shuffle=True, generator=generator):
-            loss = train_step(model, method, optimizer, x, y)
+        loss_sum, seen, diverged = 0.0, 0, False
+        for x, y in self.data.train.batches(config.batch_size, shuffle=True, generator=self.generator):
+            loss = train_step(model, method, self.optimizer, x, y)
             if loss is None:
-                status = "diverged"
+                diverged = True
                 break
             loss_sum += loss.item() * len(y)
             seen += len(y)
-        train_loss = loss_sum / max(seen, 1) if status == "finished" else float("nan")
-        if status == "finished":
+        train_loss = float("nan") if diverged else loss_sum / max(seen, 1)
+        if not diverged:
             method.end_epoch(model, state.epoch, state.phase)
 
-        val_loss, val_error = evaluate(model, data.val)
-        test_loss, test_error = evaluate(model, data.test)
+        val_loss, val_error = evaluate(model, self.data.val)
+        test_loss, test_error = evaluate(model, self.data.test)
         report = sparsity.count_model(model, method.effective_weights(model))
         record: dict[str, Any] = {
             rf.EPOCH: state.epoch,
@@ -204,11 +249,69 @@ def fit(
             above = val_error > config.target_error
             state.epochs_above_target = state.epochs_above_target + 1 if above else 0
         state.phase = next_phase(state, config, val_error)
+        state.diverged = diverged
+        self._rng = _rng_state(self.device)
+        return record
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs, as tensors and plain Python values. Like
+        ``nn.Module.state_dict()`` it holds the live tensors: save it (or deep-copy it) before
+        the next epoch changes them."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": self._rng[0],
+            "cuda_rng": self._rng[1],
+            "state": asdict(self.state),  # copies the history list and its records
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.method.load_state_dict(saved["method"], self.device)
+        self.generator.set_state(saved["generator"])
+        self._rng = (saved["torch_rng"], saved.get("cuda_rng"))
+        self.state = _State(**saved["state"])
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The torch RNG state the loop draws from: the CPU's, and the GPU's on a CUDA device."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(device: torch.device, state: tuple[Tensor, Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if device.type == "cuda" and state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def fit(
+    model: nn.Module,
+    method: Method,
+    data: Data,
+    config: TrainConfig,
+    *,
+    callbacks: Sequence[Callback] = (),
+    resume: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` with ``method`` through both phases; return the per-epoch history.
+
+    A loop over :class:`Trainer`; ``resume`` is a ``Trainer.state_dict()``. Each callback gets
+    every record and a function that returns a copy of the trainer's state at that point."""
+    trainer = Trainer(model, method, data, config)
+    if resume is not None:
+        trainer.load_state_dict(resume)
+
+    def checkpoint() -> dict[str, Any]:
+        # A deep copy: the live tensors keep changing after the callback returns.
+        return copy.deepcopy(trainer.state_dict())
+
+    while not trainer.done:
+        record = trainer.run_epoch()
         for callback in callbacks:
             callback.on_epoch_end(record, checkpoint)
-        if config.patience and state.epochs_above_target >= config.patience:
-            break
-
-    final = sparsity.count_model(model, method.effective_weights(model))
-    return TrainResult(history=state.history, layers=final.table(), status=status)
-
+    return trainer.result()

@@ -1,52 +1,64 @@
-"""One Ray Tune trial: build data, model and method; train epoch by epoch; report each epoch's
-metrics with a checkpoint to Tune; log everything to the trial's MLflow run.
+"""One Ray Tune trial: build data, model and method once per seed; step each seed's trainer one
+epoch at a time; report every epoch's metrics to Tune, with a checkpoint on a schedule; log
+everything to the trial's MLflow run.
 
 A trial trains one configuration for one seed (grid search) or for every seed of the study
 (Optuna search: the seeds are never tuned, so each sampled configuration is trained once per
-seed, in lockstep, and Tune sees the mean over seeds). Training advances one epoch at a time:
-each epoch is a ``study.train.fit`` call that resumes from the previous epoch's checkpoint,
-which is exactly the continuous run (tests/test_study_trial.py checks this for every method)
-and lets the trial interleave seeds and know when it has finished.
+seed, in lockstep, and Tune sees the mean over seeds). Each seed has one
+:class:`study.train.Trainer`, built once; it is restored from a checkpoint only when Tune
+restarts the trial (a crash, ``study run --resume``).
 
 The Tune config of a trial (built by :mod:`study.runner`)::
 
     {"trial": {"method", "arch", "dataset", "seeds": [..], "params": {..}, "train": {..}},
      "study": {"name", "config_hash", "git_commit", "train": {..}, "data": {..},
-               "model": {..}, "cpus_per_trial", "tracking": {"uri", "experiment_id",
-               "parent_run_id"} or None, "hooks": {..}}}
+               "model": {..}, "cpus_per_trial", "checkpoint": {"every", "seconds"},
+               "tracking": {"uri", "experiment_id", "parent_run_id"} or None, "hooks": {..}}}
 
 ``trial.train`` holds the method's overrides of ``study.train`` (``methods.<m>.train`` in the
 study file); the trial trains with, and logs as ``train.*`` params, the merged settings.
 
-Fault tolerance: every report carries a checkpoint; a retried or restored trial continues
-from it, finds its MLflow run by the tag ``study.trial_id`` (so it never opens a second one)
-and logs only the epochs that run has not logged yet. A non-finite loss ends the trial with
-status ``diverged``, normally, so the rest of the study goes on.
+Checkpoints (:mod:`study.checkpoint`): every epoch is reported, but a checkpoint goes with the
+report only on the study's schedule (``resources.checkpoint_every`` / ``checkpoint_seconds``,
+the phase change, the end); checkpoints hold tensors and plain values only, load with
+``weights_only=True``, and keep the one before them to fall back to.
+
+MLflow gets every epoch's metrics, in batches: at each checkpoint (before Tune gets it), at the
+end, and at least every ``MLFLOW_FLUSH_SECONDS``.
+
+Fault tolerance: a retried or restored trial continues from its last checkpoint and re-trains
+the epochs after it, bit-for-bit the same on the CPU (tests/test_study_trial.py checks this). It
+finds its MLflow run by the tag ``study.trial_id`` (so it never opens a second one) and logs only
+the epochs that run has not logged yet. A non-finite loss ends the trial with status
+``diverged``, normally, so the rest of the study goes on.
 
 Testing hooks (``study.hooks``, set by ``run_study(hooks=...)``, never by a study file):
 ``fail_at_epoch = k`` makes a trial that did not start from a checkpoint raise right after
-reporting epoch k, so its retry starts from that checkpoint; ``sleep_after_epoch = s`` slows
-trials down so that a test can interrupt a study in the middle.
+reporting epoch k, so its retry starts from the last checkpoint before; ``sleep_after_epoch = s``
+slows trials down so that a test can interrupt a study in the middle.
 """
 from __future__ import annotations
 
-import tempfile
+import contextlib
 import time
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ContextManager, Iterator, Protocol
 
 import torch
 
 from study import data as data_registry
 from study import models
+from study.checkpoint import CHECKPOINT_VERSION, CheckpointError, CheckpointFolder, CheckpointSchedule
 from study.methods import build_method, make_params
 from study import runformat as rf
 from study.settings import AUTO, STUDY_AXES, TrainConfig, choose_device
 from study.tracking import Tracker, table_csv
-from study.train import fit, method_context, seed_everything
+from study.train import Trainer, method_context, seed_everything
 
-CHECKPOINT_FILE = "trial.pt"
+#: The longest a trained epoch waits for MLflow: epochs are sent in batches, at each checkpoint
+#: and at least this often (one call per epoch would cost short epochs ~15 ms each).
+MLFLOW_FLUSH_SECONDS = 2.0
 #: The train settings a study gives its trials (the seed is the trial's own).
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in STUDY_AXES)
 
@@ -63,9 +75,13 @@ class Session(Protocol):
 
     def gpu_ids(self) -> list[Any]: ...
 
-    def load_checkpoint(self) -> dict[str, Any] | None: ...
+    def restored(self) -> ContextManager[tuple[Path, str] | None]:
+        """The folder of the checkpoint to continue from, and its name for messages; or None."""
+        ...
 
-    def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any]) -> None: ...
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        """Report an epoch's metrics, with the checkpoint folder or without a checkpoint."""
+        ...
 
 
 class TuneSession:
@@ -81,21 +97,22 @@ class TuneSession:
 
         return list(ray.get_gpu_ids())
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[tuple[Path, str] | None]:
         from ray import tune
 
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
-            return None
+            yield None
+            return
         with checkpoint.as_directory() as folder:
-            return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            yield Path(folder), str(checkpoint.path)
 
-    def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         from ray import tune
 
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(checkpoint, Path(folder) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        # Tune copies the folder to its storage before report returns
+        tune.report(metrics, checkpoint=None if checkpoint is None else tune.Checkpoint.from_directory(checkpoint))
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -103,23 +120,13 @@ def run_trial(config: dict[str, Any]) -> None:
     Trial(config, TuneSession()).run()
 
 
-class _Capture:
-    """The fit callback of one epoch step: keeps the record and the checkpoint."""
-
-    record: dict[str, Any]
-    state: dict[str, Any]
-
-    def on_epoch_end(self, record: dict[str, Any], checkpoint: Any) -> None:
-        self.record, self.state = record, checkpoint()
-
-
 # -- one seed -----------------------------------------------------------------------------------
 
 
 class SeedRun:
-    """One seed of a trial: its data, its training state, its MLflow run."""
+    """One seed of a trial: its data, its trainer (built once), its MLflow run."""
 
-    def __init__(self, trial: Trial, seed: int, device: str) -> None:
+    def __init__(self, trial: Trial, seed: int, device: str, *, resuming: bool = False) -> None:
         self.trial, self.seed = trial, seed
         study = trial.study
         data_settings = study["data"]
@@ -128,21 +135,38 @@ class SeedRun:
             seed=seed, download=data_settings.get("download", False), **trial.data_options,
         ).to(device)
         self.config = TrainConfig(**{**{k: trial.train[k] for k in TRAIN_FIELDS}, "seed": seed, "device": device})
-        self.context = method_context(self.data, self.config)
-        self.state: dict[str, Any] | None = None  # fit's checkpoint after the last epoch
-        self.record: dict[str, Any] | None = None  # the last epoch's record
-        self.layers: list[dict[str, Any]] = []
-        self.status = "running"
-        self.done = False
+        options = dict(trial.model_options)
+        if resuming:
+            options.pop("pretrained", None)  # the checkpoint overwrites the weights anyway
+        seed_everything(seed)  # the initial weights depend on the seed
+        model = models.build_model(trial.arch, self.data.input_shape, self.data.num_classes, options)
+        method = build_method(trial.method, trial.params, method_context(self.data, self.config))
+        self.trainer = Trainer(model, method, self.data, self.config)
         self.closed = False
         self.run_id: str | None = None
-        self.logged = 0
+        self.logged = 0  # the last epoch MLflow has or will get with the next flush
+        self.pending: list[dict[str, Any]] = []  # records queued for MLflow
         if trial.tracker is not None:
             self._open_run(device)
 
     @property
     def epoch(self) -> int:
-        return int(self.state["state"]["epoch"]) if self.state else 0
+        return self.trainer.epoch
+
+    @property
+    def done(self) -> bool:
+        return self.trainer.done
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        """The last epoch's record."""
+        return self.trainer.history[-1] if self.trainer.history else None
+
+    @property
+    def status(self) -> str:
+        if not self.trainer.done:
+            return rf.RUNNING
+        return rf.DIVERGED if self.trainer.status == "diverged" else rf.FINISHED
 
     @property
     def key(self) -> str:
@@ -162,7 +186,7 @@ class SeedRun:
             self.run_id = run.info.run_id
             tracker.reopen(self.run_id)
             attempts = int(run.data.tags.get(rf.TAG_ATTEMPTS, "1")) + 1
-            tracker.set_tags(self.run_id, {rf.TAG_ATTEMPTS: str(attempts)})
+            tracker.set_tags(self.run_id, {rf.TAG_ATTEMPTS: str(attempts), rf.TAG_DEVICE: device})
             self.logged = tracker.last_epoch(self.run_id)
         else:
             tags = {
@@ -174,12 +198,12 @@ class SeedRun:
                 rf.TAG_CONFIG_HASH: trial.study.get("config_hash", ""),
                 rf.TAG_STATUS: rf.RUNNING,
                 rf.TAG_ATTEMPTS: "1",
+                rf.TAG_DEVICE: device,
             }
             if trial.study.get("git_commit"):
                 tags[rf.TAG_GIT_COMMIT] = trial.study["git_commit"]
             name = f"{trial.method}-s{self.seed}-{trial.trial_id}"
             self.run_id = tracker.create_run(experiment_id, name, tags)
-        tracker.set_tags(self.run_id, {rf.TAG_DEVICE: device})
         params = rf.trial_params(
             method=trial.method, arch=trial.arch, dataset=trial.dataset, seed=self.seed,
             method_params=vars(make_params(trial.method, trial.params)),
@@ -190,21 +214,29 @@ class SeedRun:
         tracker.log_params(self.run_id, params)
 
     def _log_epoch(self) -> None:
-        tracker = self.trial.tracker
-        assert self.record is not None
-        epoch = int(self.record["epoch"])
-        if tracker is None or self.run_id is None or epoch <= self.logged:
-            return  # already logged before a retry
-        tracker.log_metrics(self.run_id, rf.numeric_metrics(self.record), step=epoch)
+        """Queue the last epoch's metrics for MLflow (:meth:`flush` sends them)."""
+        record = self.record
+        assert record is not None
+        epoch = int(record[rf.EPOCH])
+        if self.trial.tracker is None or self.run_id is None or epoch <= self.logged:
+            return  # logged before a restart: re-trained bit-for-bit, so not logged twice
+        self.pending.append(record)
         self.logged = epoch
+
+    def flush(self) -> None:
+        """Send the queued epochs to MLflow in one call."""
+        tracker = self.trial.tracker
+        if tracker is not None and self.run_id is not None and self.pending:
+            tracker.log_steps(self.run_id, [(int(r[rf.EPOCH]), rf.numeric_metrics(r)) for r in self.pending])
+        self.pending = []
 
     def close(self) -> None:
         """The seed is done: artifacts, the status tag, and the run ends FINISHED."""
         tracker = self.trial.tracker
         if tracker is not None and self.run_id is not None and not self.closed:
-            history = self.state["state"]["history"] if self.state else []
-            tracker.log_text(self.run_id, table_csv(self.layers, rf.LAYER_COLUMNS), rf.LAYERS_CSV)
-            tracker.log_text(self.run_id, table_csv(history), rf.HISTORY_CSV)
+            self.flush()
+            tracker.log_text(self.run_id, table_csv(self.trainer.layers(), rf.LAYER_COLUMNS), rf.LAYERS_CSV)
+            tracker.log_text(self.run_id, table_csv(self.trainer.history), rf.HISTORY_CSV)
             tracker.finish(self.run_id, self.status)
         self.closed = True
 
@@ -212,42 +244,25 @@ class SeedRun:
         tracker = self.trial.tracker
         if tracker is not None and self.run_id is not None and not self.closed:
             try:
+                self.flush()  # the epochs trained before the error are good
                 tracker.finish(self.run_id, rf.FAILED, "FAILED", error=f"{type(err).__name__}: {err}"[:500])
             except Exception:  # never hide the original error
                 pass
 
     # -- training ----------------------------------------------------------------------------------
-    def step(self) -> None:
-        """Train one more epoch, resuming from the last one (bit-for-bit the continuous run)."""
-        trial = self.trial
-        options = dict(trial.model_options)
-        if self.state is not None:
-            options.pop("pretrained", None)  # the checkpoint overwrites the weights anyway
-        seed_everything(self.seed)  # the initial weights depend on the seed
-        model = models.build_model(trial.arch, self.data.input_shape, self.data.num_classes, options)
-        method = build_method(trial.method, trial.params, self.context)
-        capture = _Capture()
-        result = fit(model, method, self.data, replace(self.config, epochs=self.epoch + 1),
-                     callbacks=[capture], resume=self.state)
-        self.record, self.state, self.layers = capture.record, capture.state, result.layers
-        patience_stop = bool(self.config.patience) and (
-            self.state["state"].get("epochs_above_target", 0) >= self.config.patience
-        )
-        if result.status == "diverged":
-            self.status, self.done = "diverged", True
-        elif self.epoch >= self.config.epochs or patience_stop:
-            self.status, self.done = rf.FINISHED, True
+    def step(self) -> bool:
+        """Train one more epoch and log it; returns whether the phase changes after it."""
+        record = self.trainer.run_epoch()
         self._log_epoch()
+        return record[rf.PHASE] != self.trainer.phase
 
     def checkpoint(self) -> dict[str, Any]:
-        return {"seed": self.seed, "fit": self.state, "record": self.record, "layers": self.layers,
-                "status": self.status, "done": self.done}
+        return {"seed": self.seed, "trainer": self.trainer.state_dict()}
 
     def restore(self, saved: dict[str, Any]) -> None:
         if saved["seed"] != self.seed:
             raise ValueError(f"checkpoint is for seed {saved['seed']}, this run has seed {self.seed}")
-        self.state, self.record, self.layers = saved["fit"], saved["record"], saved["layers"]
-        self.status, self.done = saved["status"], saved["done"]
+        self.trainer.load_state_dict(saved["trainer"])
 
 
 # -- the trial ----------------------------------------------------------------------------------
@@ -270,49 +285,82 @@ class Trial:
         self.tracking: dict[str, Any] | None = self.study.get("tracking")
         self.tracker = Tracker(self.tracking["uri"]) if self.tracking else None
         self.hooks: dict[str, Any] = dict(self.study.get("hooks") or {})
+        self.schedule = CheckpointSchedule(**(self.study.get("checkpoint") or {}))
 
     def run(self) -> None:
         device = choose_device(self.train.get("device", AUTO), self.session.gpu_ids())
         torch.set_num_threads(max(1, int(self.study.get("cpus_per_trial", 1))))
-        saved = self.session.load_checkpoint()
+        folder = CheckpointFolder()
         seeds: list[SeedRun] = []
         try:
+            with self.session.restored() as restored:
+                saved = folder.restore(*restored) if restored is not None else None
             for seed in self.seeds:
-                seeds.append(SeedRun(self, seed, device))
+                seeds.append(SeedRun(self, seed, device, resuming=saved is not None))
             if saved is not None:
+                if len(saved["seeds"]) != len(seeds):
+                    raise CheckpointError(f"the checkpoint holds {len(saved['seeds'])} seeds, this trial has "
+                                          f"{len(seeds)}")
                 for run, state in zip(seeds, saved["seeds"]):
                     run.restore(state)
                 if all(run.done for run in seeds):  # it had finished; say so again
                     for run in seeds:
                         run.close()
-                    self.session.report(self.summary(seeds), self.checkpoint(seeds))
+                    self.session.report(self.summary(seeds), folder.path)
                     return
+            last_epoch, last_time = self._epoch(seeds), time.monotonic()
+            last_flush = last_time
             while not all(run.done for run in seeds):
+                phase_changed = False
                 for run in seeds:
                     if not run.done:
-                        run.step()
+                        phase_changed |= run.step()
                 final = all(run.done for run in seeds)
+                epoch, now = self._epoch(seeds), time.monotonic()
+                due = self.schedule.due(epoch - last_epoch, now - last_time, phase_changed=phase_changed,
+                                        final=final)
+                # MLflow gets every epoch up to a checkpoint before Tune gets the checkpoint, so a
+                # restart (which re-trains the epochs after it) can lose no logged epoch
+                if due or now - last_flush >= MLFLOW_FLUSH_SECONDS:
+                    for run in seeds:
+                        run.flush()
+                    last_flush = now
                 if final:  # close before the last report: Tune may stop the trial right after it
                     for run in seeds:
                         run.close()
-                self.session.report(self.summary(seeds), self.checkpoint(seeds))
+                if due:
+                    folder.write(self.checkpoint(seeds))
+                    last_epoch, last_time = epoch, time.monotonic()
+                self.session.report(self.summary(seeds), folder.path if due else None)
                 self._testing_hooks(seeds, resumed=saved is not None)
         except Exception as err:
             for run in seeds:
                 run.fail(err)
             raise
+        except BaseException:  # Tune stopping the trial (ASHA: SystemExit in tune.report), Ctrl-C
+            for run in seeds:
+                with contextlib.suppress(Exception):
+                    run.flush()  # its last epochs, which it will not train again
+            raise
+        finally:
+            folder.remove()
+
+    @staticmethod
+    def _epoch(seeds: list[SeedRun]) -> int:
+        return max((run.epoch for run in seeds), default=0)
 
     def _testing_hooks(self, seeds: list[SeedRun], *, resumed: bool) -> None:
         """For tests only: ``fail_at_epoch`` (raise once, in a trial that did not start from a
         checkpoint, right after reporting that epoch) and ``sleep_after_epoch`` (seconds)."""
         fail_at = self.hooks.get("fail_at_epoch")
-        if fail_at is not None and not resumed and max(r.epoch for r in seeds) == fail_at:
+        if fail_at is not None and not resumed and self._epoch(seeds) == fail_at:
             raise TrialError(f"testing hook: trial {self.trial_id} fails once after epoch {fail_at}")
         if self.hooks.get("sleep_after_epoch"):
             time.sleep(float(self.hooks["sleep_after_epoch"]))
 
     def checkpoint(self, seeds: list[SeedRun]) -> dict[str, Any]:
-        return {"version": 1, "trial_id": self.trial_id, "seeds": [run.checkpoint() for run in seeds]}
+        return {"version": CHECKPOINT_VERSION, "trial_id": self.trial_id,
+                "seeds": [run.checkpoint() for run in seeds]}
 
     def summary(self, seeds: list[SeedRun]) -> dict[str, Any]:
         """What Tune sees each epoch: the mean over seeds of every numeric metric of each seed's
@@ -320,10 +368,10 @@ class Trial:
         records = [rf.numeric_metrics(run.record) for run in seeds if run.record is not None]
         keys = [k for k in records[0] if all(k in r for r in records)]
         out: dict[str, Any] = {k: sum(r[k] for r in records) / len(records) for k in keys}
-        out["epoch"] = max(run.epoch for run in seeds)
+        out["epoch"] = self._epoch(seeds)
         out["final"] = all(run.done for run in seeds)
         out["num_seeds"] = len(seeds)
-        out["diverged_seeds"] = sum(run.status == "diverged" for run in seeds)
+        out["diverged_seeds"] = sum(run.status == rf.DIVERGED for run in seeds)
         if len(seeds) == 1:
             out["phase"] = seeds[0].record["phase"] if seeds[0].record else ""
             out["status"] = seeds[0].status

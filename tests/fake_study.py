@@ -135,7 +135,7 @@ def _record(method: str, params: dict, seed: int, epoch: int, reach: int) -> dic
         rf.MEMORY_KB: nonzero * 4 / 1000,
         rf.EPOCH_SECONDS: 1.5,
     }
-    rec.update({rf.remaining_key(layer): counts[layer] / LENET300[layer] for layer in LENET300})
+    rec.update({rf.remaining_key(layer): 100 * counts[layer] / LENET300[layer] for layer in LENET300})
     if method.startswith("sensitivity"):
         for i, layer in enumerate(LENET300):
             scale = 10.0 ** (-3 + i) * (1 + 0.1 * epoch)
@@ -151,10 +151,10 @@ def _layers(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The final per-layer table (``layers.csv``) of a trial whose last record is ``record``."""
     rows = []
     for layer, total in LENET300.items():
-        nonzero = round(record[rf.remaining_key(layer)] * total)
+        nonzero = round(record[rf.remaining_key(layer)] / 100 * total)
         rows.append({"layer": layer, "total": total, "nonzero": nonzero,
                      "bias_total": LENET300_BIAS[layer], "bias_nonzero": LENET300_BIAS[layer],
-                     "remaining": nonzero / total})
+                     rf.REMAINING_PCT: 100 * nonzero / total})
     return rows
 
 

@@ -92,22 +92,22 @@ def test_random_point_sets_match_brute_force(seed):
 
 def _epochs(rows):
     cols = ["run_id", "config", "method", "seed", "epoch", "phase", "train_loss",
-            "val_error", "test_error", "compression", "remaining.fc1"]
+            "val_error", "test_error", "compression", "remaining_pct.fc1"]
     return pd.DataFrame(rows, columns=cols)
 
 
 def test_aggregate_seeds_hand_computed():
     ep = _epochs([
         # config A, two seeds, two epochs
-        ("r1", "A", "m", 0, 1, "sparsify", 0.1, 2.0, 2.1, 10.0, 0.10),
-        ("r2", "A", "m", 1, 1, "sparsify", 0.1, 4.0, 4.3, 30.0, 0.30),
-        ("r1", "A", "m", 0, 2, "sparsify", 0.1, 3.0, 3.0, 20.0, 0.05),
-        ("r2", "A", "m", 1, 2, "reach", 0.1, 5.0, 5.0, 20.0, 0.05),   # phases differ: mixed
+        ("r1", "A", "m", 0, 1, "sparsify", 0.1, 2.0, 2.1, 10.0, 10.0),
+        ("r2", "A", "m", 1, 1, "sparsify", 0.1, 4.0, 4.3, 30.0, 30.0),
+        ("r1", "A", "m", 0, 2, "sparsify", 0.1, 3.0, 3.0, 20.0, 5.0),
+        ("r2", "A", "m", 1, 2, "reach", 0.1, 5.0, 5.0, 20.0, 5.0),   # phases differ: mixed
         # config B, one seed reached epoch 2, the other diverged there
-        ("r3", "B", "m", 0, 1, "sparsify", 0.1, 1.0, 1.0, 2.0, 0.5),
-        ("r4", "B", "m", 1, 1, "sparsify", 0.2, 1.0, 1.2, 2.0, 0.5),
-        ("r3", "B", "m", 0, 2, "sparsify", 0.1, 1.0, 1.0, 4.0, 0.25),
-        ("r4", "B", "m", 1, 2, "sparsify", math.nan, 90.0, 90.0, 4.0, 0.25),
+        ("r3", "B", "m", 0, 1, "sparsify", 0.1, 1.0, 1.0, 2.0, 50.0),
+        ("r4", "B", "m", 1, 1, "sparsify", 0.2, 1.0, 1.2, 2.0, 50.0),
+        ("r3", "B", "m", 0, 2, "sparsify", 0.1, 1.0, 1.0, 4.0, 25.0),
+        ("r4", "B", "m", 1, 2, "sparsify", math.nan, 90.0, 90.0, 4.0, 25.0),
     ])
     agg = aggregate_seeds(ep).set_index(["config", "epoch"])
     a1 = agg.loc[("A", 1)]
@@ -116,7 +116,7 @@ def test_aggregate_seeds_hand_computed():
     assert a1["test_error_std"] == pytest.approx(math.sqrt(((2.1 - 3.2) ** 2 + (4.3 - 3.2) ** 2) / 1))
     assert a1["compression_mean"] == pytest.approx(20.0)
     assert a1["compression_std"] == pytest.approx(math.sqrt(200.0))
-    assert a1["remaining.fc1_mean"] == pytest.approx(0.2)
+    assert a1["remaining_pct.fc1_mean"] == pytest.approx(20.0)
     assert a1["method"] == "m"
     assert a1["complete"] and a1["candidate"]
     a2 = agg.loc[("A", 2)]

@@ -79,6 +79,8 @@ def test_trials_frame_keeps_and_flags_every_trial(runs, study):
         t.loc["sensitivity-unspec-lam1e-05-threshold0.001-s1"]
     assert s0["config"] == s1["config"] and "seed" not in s0["config"]
     assert "train.device" not in s0["config"] and s0["setting"] == "lam=1e-05, threshold=0.001"
+    # Magnitude's setting is what the study set for it, not the lam=0.0 it logs.
+    assert t.loc["magnitude-quality0.5-s0", "setting"] == "quality=0.5"
     assert s0["compression"] == pytest.approx(
         runs.epochs.query("run_id == @s0.run_id and epoch == 6")["compression"].item())
     assert runs.parent_run_id == ids["parent"]
@@ -98,8 +100,8 @@ def test_epochs_and_layers_frames(runs):
     ly = runs.layers
     assert len(ly) == 3 * len(ep)
     row = ly[(ly["run_id"] == ep["run_id"].iloc[0]) & (ly["epoch"] == 6) & (ly["layer"] == "fc1")]
-    assert row["remaining"].item() == pytest.approx(
-        ep[(ep["run_id"] == ep["run_id"].iloc[0]) & (ep["epoch"] == 6)]["remaining.fc1"].item())
+    assert row["remaining_pct"].item() == pytest.approx(
+        ep[(ep["run_id"] == ep["run_id"].iloc[0]) & (ep["epoch"] == 6)]["remaining_pct.fc1"].item())
     sens = ly[ly["method"] == "sensitivity-unspec"]
     assert sens["sens_frac_ge1"].notna().all() and ly[ly["method"] == "l1"]["sens_q50"].isna().all()
     assert list(ly.sort_values("layer_index")["layer"].unique()) == LAYERS
@@ -123,19 +125,25 @@ def test_aggregation_of_a_real_store(runs):
 
 def test_report_files(report, runs, tmp_path):
     figs = {p.name for p in (report / "figures").iterdir()}
-    for name in ("pareto", "layer_profile", "training_curves", "sensitivity"):
+    for name in ("pareto", "operating_points", "layer_profile", "training_curves", "sensitivity"):
         for ext in ("png", "pdf"):
             path = report / "figures" / f"{name}_lenet300_mnist.{ext}"
             assert path.name in figs and path.stat().st_size > 5000, path
     for ext in ("md", "csv", "tex"):
         assert (report / "tables" / f"table_lenet300_mnist.{ext}").is_file()
     md = (report / "report.md").read_text()
-    assert md.count("![") == 4 and "Trials that did not finish" in md
+    assert md.count("![") == 5 and "Trials that did not finish" in md
     for trial in ("magnitude-quality0.5-s1", "l1-lam0.0001-threshold0.001-s1",
                   "weight-decay-lam0.0005-s0"):
         assert trial in md
     html = (report / "report.html").read_text()
-    assert html.count("<img ") == 4 and "</html>" in html
+    assert html.count("<img ") == 5 and "</html>" in html
+    # Every file of the folder is linked from the Files section; tables scroll in their box.
+    files = md[md.index("## Files"):]
+    for path in (report / "tables").iterdir():
+        assert f"[tables/{path.name}](tables/{path.name})" in files, path.name
+    assert f'<a href="figures/pareto_lenet300_mnist.pdf">' in html
+    assert html.count('<div class="table-wrap"><table>') == html.count("<table>") > 0
     tex = (report / "tables" / "table_lenet300_mnist.tex").read_text()
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
     assert_latex_compiles(tex, tmp_path)
@@ -221,7 +229,7 @@ def test_table_rows_follow_the_rule(report, runs):
         # Per-layer % and the error spread, by hand from the trials at that epoch.
         at = runs.epochs[(runs.epochs["config"] == best["config"])
                          & (runs.epochs["epoch"] == best["epoch"]) & ~runs.epochs["failed"]]
-        assert row["remaining_pct.fc1"] == pytest.approx(100 * at["remaining.fc1"].mean())
+        assert row["remaining_pct.fc1"] == pytest.approx(at["remaining_pct.fc1"].mean())
         if len(at) > 1:
             assert row["test_error_std"] == pytest.approx(at["test_error"].std(ddof=1))
 
@@ -335,6 +343,24 @@ def test_report_on_a_study_that_just_started(mlflow_uri, tmp_path):
     md = (out / "report.md").read_text()
     assert "No trial has logged a complete epoch yet" in md and "2 parent runs" in md
     assert (out / "report.html").is_file()
+
+
+def test_a_study_logged_before_remaining_pct_reads_as_percent(mlflow_uri, tmp_path):
+    """``remaining.<layer>`` (a fraction) was renamed ``remaining_pct.<layer>`` (%)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    name = f"legacy-{tmp_path.name}"
+    exp = client.create_experiment(name, artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(exp, tags={"study.role": "trial", "status": "finished"}).info.run_id
+    client.log_param(run, "method", "l1")
+    for step, value in ((1, 0.5), (2, 0.25)):
+        client.log_metric(run, "remaining.fc1", value, step=step)
+    runs = load_runs(mlflow_uri, name)
+    assert runs.epochs["remaining_pct.fc1"].tolist() == [50.0, 25.0]
+    assert "remaining.fc1" not in runs.epochs.columns
+    assert runs.trials["remaining_pct.fc1"].tolist() == [25.0]
+    assert runs.layers["remaining_pct"].tolist() == [50.0, 25.0]
 
 
 def test_a_report_pulls_in_no_training_side(study, tmp_path):

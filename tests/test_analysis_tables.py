@@ -77,8 +77,8 @@ def test_resolve_targets_precedence():
 def _selected_row(**over):
     row = {"arch": "lenet300", "dataset": "mnist", "method": "sensitivity-unspec",
            "config": "c", "setting": "lam=1e-05, threshold=0.001", "epoch": 12, "n_seeds": 3,
-           "remaining.fc1_mean": 0.0225, "remaining.fc2_mean": 0.1193,
-           "remaining.fc3_mean": 0.693, "nonzero_mean": 9550.0, "memory_kb_mean": 38.2,
+           "remaining_pct.fc1_mean": 2.25, "remaining_pct.fc2_mean": 11.93,
+           "remaining_pct.fc3_mean": 69.3, "nonzero_mean": 9550.0, "memory_kb_mean": 38.2,
            "compression_mean": 27.874, "test_error_mean": 1.6512, "test_error_std": 0.0441,
            "val_error_mean": 1.58, "met_target": True, "target_error": 1.6}
     row.update(over)

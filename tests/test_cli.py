@@ -27,7 +27,7 @@ def test_train_writes_history_and_layers(tmp_path, capsys) -> None:
     assert [r["phase"] for r in result["history"]] == ["reach", "sparsify", "sparsify"]
     first = result["history"][0]
     for key in ("train_loss", "val_loss", "val_error", "test_loss", "test_error", "compression", "sparsity",
-                "nonzero", "memory_kb", "remaining.fc1", "remaining.fc2", "remaining.fc3", "epoch_seconds",
+                "nonzero", "memory_kb", "remaining_pct.fc1", "remaining_pct.fc2", "remaining_pct.fc3", "epoch_seconds",
                 "sens.fc1.q50", "sens.fc1.frac_ge1"):
         assert key in first
     assert [row["layer"] for row in result["layers"]] == ["fc1", "fc2", "fc3"]

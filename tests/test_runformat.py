@@ -26,7 +26,10 @@ def test_per_layer_metric_names_round_trip() -> None:
     assert rf.layer_of_metric(rf.sens_key("fc1", "q50")) == "fc1"
     assert rf.layer_of_metric("sens.fc1.unknown_stat") is None
     assert rf.layer_of_metric("val_error") is None
-    assert rf.is_objective_metric("remaining.fc1") and not rf.is_objective_metric("epoch_seconds")
+    assert rf.is_objective_metric("remaining_pct.fc1") and not rf.is_objective_metric("epoch_seconds")
+    assert rf.remaining_key("fc1") == "remaining_pct.fc1"   # in %, as the tables print it
+    assert rf.legacy_remaining("remaining.fc1") == "remaining_pct.fc1"
+    assert rf.legacy_remaining("remaining_pct.fc1") is None
 
 
 def test_trial_params_flatten_the_settings() -> None:

@@ -41,8 +41,9 @@ def test_hand_built_counts(tiny: Tiny) -> None:
     assert report.sparsity == pytest.approx(0.8)
     assert report.memory_kb == pytest.approx(4 * 4 / 1000)
     metrics = report.metrics()
-    assert metrics["remaining.conv"] == pytest.approx(0.375)
-    assert metrics["remaining.fc"] == pytest.approx(1 / 12)
+    assert metrics["remaining_pct.conv"] == pytest.approx(37.5)   # %, as every table shows it
+    assert metrics["remaining_pct.fc"] == pytest.approx(100 / 12)
+    assert conv.as_row()["remaining_pct"] == pytest.approx(37.5)
     assert metrics["nonzero"] == 4.0
     assert report.bias_total == 5 and report.bias_nonzero == 1
 

@@ -55,7 +55,7 @@ def test_grid_study_end_to_end(ray_session: Any, tiny_study: Any) -> None:
         assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert _steps(config, run.info.run_id) == [1, 2]
-        assert {"remaining.fc1", "compression", "phase_index", "test_loss"} <= set(run.data.metrics)
+        assert {"remaining_pct.fc1", "compression", "phase_index", "test_loss"} <= set(run.data.metrics)
     assert len({r.data.tags["study.trial_id"] for r in children}) == 6
     (entry,) = read_state(config.output_path)["runs"]
     assert entry["complete"] and entry["parent_run_id"] == parent.info.run_id
@@ -75,7 +75,9 @@ def test_grid_study_end_to_end(ray_session: Any, tiny_study: Any) -> None:
 
 
 def test_crashed_trial_is_retried_from_its_checkpoint(ray_session: Any, tiny_study: Any) -> None:
-    config = tiny_study("crash", methods={"l1": {}}, train={"epochs": 3})
+    # checkpoints every 2 epochs: at epoch 2 (also the phase change), where the trial crashes, and at 3
+    config = tiny_study("crash", methods={"l1": {}}, train={"epochs": 3, "reach_epochs": 2},
+                        resources={"checkpoint_every": 2})
     outcome = run_study(config, hooks={"fail_at_epoch": 2})
     assert outcome.complete and outcome.statuses == {"finished": 1}
     _, (run,) = _runs(config)
@@ -86,6 +88,26 @@ def test_crashed_trial_is_retried_from_its_checkpoint(ray_session: Any, tiny_stu
     (trial_dir,) = [p for p in Path(outcome.tune_path).iterdir() if p.is_dir() and p.name.startswith("l1-")]
     reported = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
     assert reported == [1, 2, 3]
+
+
+def test_crash_between_checkpoints_retrains_without_logging_twice(ray_session: Any, tiny_study: Any) -> None:
+    """Checkpoints at epoch 1 (the phase change) and at the end (every 10 epochs: the default);
+    a crash after epoch 3: the retry continues from epoch 1 and re-trains epochs 2 and 3. Tune
+    rolls its iteration and its results back to the checkpoint, so both Tune and MLflow hold
+    each epoch once: MLflow the first attempt's values, Tune the retry's, which are the same."""
+    config = tiny_study("crash-between", methods={"l1": {}}, train={"epochs": 4})
+    assert config.resources.checkpoint_every > 3
+    outcome = run_study(config, hooks={"fail_at_epoch": 3})
+    assert outcome.complete and outcome.statuses == {"finished": 1}
+    _, (run,) = _runs(config)
+    assert run.data.tags["study.attempts"] == "2" and run.info.status == "FINISHED"
+    assert _steps(config, run.info.run_id) == [1, 2, 3, 4]
+    (trial_dir,) = [p for p in Path(outcome.tune_path).iterdir() if p.is_dir() and p.name.startswith("l1-")]
+    results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    assert [r["epoch"] for r in results] == [r["training_iteration"] for r in results] == [1, 2, 3, 4]
+    client = Tracker(config.resolved_tracking_uri).client
+    logged = [m.value for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert logged == [r["val_loss"] for r in results]  # epochs 2 and 3 re-trained bit-for-bit
 
 
 def test_interrupted_study_resumes_without_duplicate_runs(ray_session: Any, tiny_study: Any) -> None:

@@ -1,6 +1,8 @@
-"""The training loop: phases, metrics, hooks, determinism, divergence and resume."""
+"""The training loop: phases, metrics, hooks, determinism, divergence, resume, and the epoch
+stepper (Trainer) that fit loops over."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import pytest
@@ -9,7 +11,7 @@ from torch import nn
 
 from study.method import Method, MethodContext, MethodParams
 from study.settings import TrainConfig
-from study.train import fit, method_context, next_phase, _State
+from study.train import Trainer, fit, method_context, next_phase, _State
 
 
 @dataclass
@@ -98,7 +100,7 @@ def test_hooks_are_called_in_order_and_phases_switch() -> None:
 def test_every_epoch_reports_the_design_metrics() -> None:
     result = fit(make_model(), Recorder(), make_data(), TrainConfig(epochs=2, reach_epochs=1))
     keys = {"epoch", "phase", "train_loss", "val_loss", "val_error", "test_loss", "test_error",
-            "compression", "sparsity", "nonzero", "memory_kb", "remaining.0", "remaining.2", "epoch_seconds"}
+            "compression", "sparsity", "nonzero", "memory_kb", "remaining_pct.0", "remaining_pct.2", "epoch_seconds"}
     for record in result.history:
         assert keys <= set(record)
     assert [row["layer"] for row in result.layers] == ["0", "2"]
@@ -172,3 +174,53 @@ def test_method_context_describes_the_run() -> None:
 def test_bad_train_settings_name_the_value(bad) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         TrainConfig(**bad)
+
+
+def test_trainer_steps_one_epoch_at_a_time_and_says_why_it_stopped() -> None:
+    config = TrainConfig(epochs=3, reach_epochs=1, seed=2)
+    trainer = Trainer(make_model(), Threshold(MethodParams(), CTX), make_data(), config)
+    assert (trainer.epoch, trainer.phase, trainer.done, trainer.stop_reason) == (0, "reach", False, None)
+    records = []
+    while not trainer.done:
+        records.append(trainer.run_epoch())
+    assert [r["epoch"] for r in records] == [1, 2, 3] and trainer.history == records
+    assert trainer.stop_reason == "epochs" and trainer.status == "finished" and trainer.phase == "sparsify"
+    with pytest.raises(RuntimeError, match="over"):
+        trainer.run_epoch()
+    strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]  # noqa: E731
+    assert strip(records) == strip(fit(make_model(), Threshold(MethodParams(), CTX), make_data(), config).history)
+
+    patience = Trainer(make_model(), Threshold(MethodParams(), CTX), make_data(),
+                       TrainConfig(epochs=10, reach_epochs=1, target_error=0.0, patience=1))
+    while not patience.done:
+        patience.run_epoch()
+    assert patience.stop_reason == "patience" and patience.epoch == 2
+
+    class Explode(Method):
+        name = "explode"
+
+        def penalty(self, model):
+            return torch.tensor(float("nan"))
+
+    diverged = Trainer(make_model(), Explode(MethodParams(), CTX), make_data(), TrainConfig(epochs=5))
+    diverged.run_epoch()
+    assert diverged.stop_reason == "diverged" and diverged.status == "diverged" and diverged.done
+
+
+def test_trainer_state_is_safe_to_load_and_continues_with_more_epochs() -> None:
+    """state_dict() holds tensors and plain values only (it loads with weights_only=True), and a
+    run resumed with more epochs than it was started with goes on: the stop is not stored."""
+    short = Trainer(make_model(), Threshold(MethodParams(), CTX), make_data(), TrainConfig(epochs=2, reach_epochs=1))
+    while not short.done:
+        short.run_epoch()
+    buffer = io.BytesIO()
+    torch.save(short.state_dict(), buffer)
+    saved = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    config = TrainConfig(epochs=4, reach_epochs=1)
+    longer = Trainer(make_model(), Threshold(MethodParams(), CTX), make_data(), config)
+    longer.load_state_dict(saved)
+    assert longer.epoch == 2 and not longer.done
+    while not longer.done:
+        longer.run_epoch()
+    strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]  # noqa: E731
+    assert strip(longer.history) == strip(fit(make_model(), Threshold(MethodParams(), CTX), make_data(), config).history)
