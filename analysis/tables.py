@@ -29,6 +29,8 @@ METHOD_LABELS: dict[str, str] = {
     "none": "None (unpruned)",
     "sensitivity-unspec": "Sensitivity, unspecific",
     "sensitivity-spec": "Sensitivity, specific",
+    "lobster": "LOBSTER (loss sensitivity)",
+    "serene": "SeReNe (neuron sensitivity)",
     "decay": "Decay (sensitivity without S)",
     "weight-decay": "Weight decay (L2)",
     "l1": "L1",

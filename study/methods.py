@@ -9,6 +9,7 @@ from baselines.decay import Decay
 from baselines.gmp import GradualMagnitude
 from baselines.l0 import L0HardConcrete
 from baselines.l1 import L1
+from baselines.lobster import Lobster
 from baselines.magnitude import Magnitude
 from baselines.none import NoRegularization
 from baselines.sparse_vd import SparseVD
@@ -16,6 +17,7 @@ from baselines.weight_decay import WeightDecay
 from study.method import Method, MethodContext, MethodParams
 from study.options import coerce
 from study.sensitivity import SensitivitySpec, SensitivityUnspec
+from study.serene import Serene
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
@@ -30,6 +32,8 @@ METHODS: dict[str, type[Method]] = {
         L0HardConcrete,
         SparseVD,
         GradualMagnitude,
+        Lobster,
+        Serene,
     )
 }
 

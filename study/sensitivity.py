@@ -85,12 +85,14 @@ Output = Literal["logits", "softmax"]
 Aggregate = Literal["sample", "sum", "serene", "batch"]
 Scope = Literal["weights", "all"]
 ConvMode = Literal["exact", "bound"]
+DecayFrom = Literal["post-step", "pre-step"]
 
 KINDS: tuple[str, ...] = ("unspec", "spec")
 OUTPUTS: tuple[str, ...] = ("logits", "softmax")
 AGGREGATES: tuple[str, ...] = ("sample", "sum", "serene", "batch")
 SCOPES: tuple[str, ...] = ("weights", "all")
 CONV_MODES: tuple[str, ...] = ("exact", "bound")
+DECAY_FROM: tuple[str, ...] = ("post-step", "pre-step")  # the weights d = w·f is taken from
 
 CITATION = (
     "E. Tartaglione, S. Lepsøy, A. Fiandrotti, G. Francini. Learning Sparse Neural Networks "
@@ -198,7 +200,7 @@ class _EvalMode:
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.modes):
             warnings.warn("sensitivity(): BatchNorm in train mode couples the samples of a batch; "
                           "computing the sensitivity with BatchNorm in eval mode (running stats)",
-                          stacklevel=3)
+                          stacklevel=4)
         self.model.eval()
 
     def __exit__(self, *exc: object) -> None:
@@ -504,6 +506,26 @@ def _check_target(target: Tensor, kind: str, classes: int) -> None:
         raise ValueError(f"sensitivity(): target labels must be in [0, {classes})")
 
 
+def _eval_forward(model: nn.Module, layers: dict[str, nn.Module], x: Tensor) -> tuple[_Capture, Tensor]:
+    """The separate pass's forward (also SeReNe's, ``study/serene.py``): the model in eval mode
+    on x, recording each layer's input and output. Returns the capture and the logits, whose
+    graph reaches every recorded output."""
+    capture = _Capture(layers, clone=_has_inplace(model))
+    try:
+        with _EvalMode(model), torch.enable_grad():
+            # An input that requires grad keeps every layer output in the graph, frozen or not.
+            logits = model(x.detach().requires_grad_(x.is_floating_point()))
+            _check_output(logits, x.shape[0])
+    finally:
+        capture.remove()
+    if capture.modified():
+        raise ValueError(f"sensitivity(): an in-place operation changed the input or output of "
+                         f"layer {capture.modified()[0]!r} after it ran; S needs them as the layer "
+                         "saw and produced them (use an out-of-place activation, or a module with "
+                         "inplace=True, which sensitivity() handles)")
+    return capture, logits
+
+
 def sensitivity(
     model: nn.Module,
     x: Tensor,
@@ -537,20 +559,9 @@ def sensitivity(
         raise ValueError(f"sensitivity(): need a non-empty batch with target of shape ({x.shape[0]},), "
                          f"got x {tuple(x.shape)} and target {tuple(target.shape)}")
 
-    capture = _Capture(layers, clone=_has_inplace(model))
-    try:
-        with _EvalMode(model), torch.enable_grad():
-            # An input that requires grad keeps every layer output in the graph, frozen or not.
-            logits = model(x.detach().requires_grad_(x.is_floating_point()))
-            _check_output(logits, x.shape[0])
-            y = logits.softmax(1) if output == "softmax" else logits
-    finally:
-        capture.remove()
-    if capture.modified():
-        raise ValueError(f"sensitivity(): an in-place operation changed the input or output of "
-                         f"layer {capture.modified()[0]!r} after it ran; S needs them as the layer "
-                         "saw and produced them (use an out-of-place activation, or a module with "
-                         "inplace=True, which sensitivity() handles)")
+    capture, logits = _eval_forward(model, layers, x)
+    with torch.enable_grad():
+        y = logits.softmax(1) if output == "softmax" else logits
     _check_target(target, kind, y.shape[1])
     return _from_graph(layers, capture, y, target, kind, aggregate, scope, conv, class_chunk,
                        retain=False)
@@ -621,107 +632,56 @@ class DecayUpdate(ThresholdMethod):
     """The update the sensitivity methods share with their matched control ``decay``: after the
     optimizer step every parameter in scope moves by −λ·d, with d taken from the pre-step
     weights in ``after_backward`` (d = w·max(0, 1 − S) here, d = w for ``decay``); then the
-    masks are re-applied, and every sparsify epoch ends with |w| < T pruned."""
+    masks are re-applied, and every sparsify epoch ends with |w| < T pruned.
+
+    LOBSTER's and SeReNe's code takes d from the weights after the optimizer step instead:
+    ``schedule_decay(..., "post-step")`` leaves a factor f, and the step subtracts λ·w·f."""
 
     def __init__(self, params: MethodParams, context: MethodContext) -> None:
         super().__init__(params, context)
-        self.decay: dict[str, Tensor] = {}  # d per parameter name, set by after_backward
+        self.decay: dict[str, Tensor] = {}   # d per parameter name, set by after_backward
+        self.factor: dict[str, Tensor] = {}  # f per parameter name: d = f · the post-step w
 
     def named_parameters(self, model: nn.Module) -> dict[str, Tensor]:
         return dict(model.named_parameters())
+
+    def schedule_decay(self, params: dict[str, Tensor], factors: dict[str, Tensor],
+                       decay_from: DecayFrom) -> None:
+        """In ``after_backward``: d = w·f for each name in ``factors`` (f broadcasts to w), from
+        the weights now (``pre-step``) or from those after the optimizer step (``post-step``)."""
+        _check_choice("decay_from", decay_from, DECAY_FROM)
+        if decay_from == "pre-step":
+            self.decay = {name: params[name].detach() * f for name, f in factors.items()}
+        else:
+            self.factor = factors
 
     def after_step(self, model: nn.Module) -> None:
         params = self.named_parameters(model)
         with torch.no_grad():
             for name, decay in self.decay.items():
                 params[name].sub_(decay, alpha=self.params.lam)
-        self.decay = {}
+            for name, factor in self.factor.items():
+                params[name].sub_(params[name] * factor, alpha=self.params.lam)
+        self.decay, self.factor = {}, {}
         super().after_step(model)
 
 
-class SensitivityMethod(DecayUpdate):
-    """Sensitivity-driven regularization: after every step w ← w − λ·w·max(0, 1 − S(w)).
+class SensitivityStatistics(DecayUpdate):
+    """Statistics of S per epoch, for the methods whose update uses an S of each weight (the
+    sensitivity methods, SeReNe, LOBSTER): ``after_backward`` passes each step's S to
+    ``_accumulate``; ``epoch_metrics`` reports statistics of the epoch-mean S: each weight's S
+    averaged over the steps of the epoch, over the weights not pruned at the end of the epoch."""
 
-    S is taken at the pre-step weights: from the step's own forward (``forward``) when that is
-    exact, else by a separate eval-mode pass in ``after_backward`` (module docstring).
-    ``epoch_metrics`` reports statistics of the epoch-mean S: each weight's S averaged over the
-    steps of the epoch, over the weights not pruned at the end of the epoch.
-    """
-
-    kind: ClassVar[Kind] = "unspec"
-    citation: ClassVar[str] = CITATION
-    Params: ClassVar[type[MethodParams]] = SensitivityParams
-
-    def __init__(self, params: SensitivityParams, context: MethodContext) -> None:
+    def __init__(self, params: MethodParams, context: MethodContext) -> None:
         super().__init__(params, context)
-        self.params: SensitivityParams = params
-        self._plan: _Plan | None = None
-        self._step_s: dict[str, Tensor] | None = None  # S from this step's forward, if exact
         self._s_sum: dict[str, Tensor] = {}           # Σ over the epoch's steps of each weight's S
         self._steps = 0
         self._epoch_over = False                      # the next step starts a new epoch's sums
-
-    def __getstate__(self) -> dict:
-        # The plan holds a weak reference (not picklable) and is rebuilt on the next step.
-        return {**self.__dict__, "_plan": None}
-
-    def _plan_for(self, model: nn.Module) -> _Plan:
-        if self._plan is None or self._plan.model() is not model:
-            self._plan = _Plan(weakref.ref(model), sparsity.prunable_layers(model),
-                               dict(model.named_parameters()),
-                               [m for m in model.modules() if isinstance(m, _MODE_DEPENDENT)],
-                               _has_inplace(model))
-        return self._plan
-
-    def compute_sensitivity(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """S on (x, y) by the separate eval-mode pass (:func:`sensitivity`)."""
-        p = self.params
-        return sensitivity(model, x, y, kind=self.kind, output=p.output, aggregate=p.aggregate,
-                           scope=p.scope, conv=p.conv, class_chunk=p.class_chunk or None)
-
-    def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """The step's forward, capturing the prunable layers' inputs and outputs; S comes from
-        this graph when that is exact (else ``after_backward`` runs the separate pass)."""
-        self._step_s = None
-        plan = self._plan_for(model)
-        if not torch.is_grad_enabled() or any(_differs_in_train_mode(m) for m in plan.mode_dependent):
-            return model(x)
-        capture = _Capture(plan.layers, clone=plan.inplace)
-        try:
-            logits = model(x)
-        finally:
-            capture.remove()
-        if logits.dim() != 2 or logits.shape[0] != x.shape[0] or not logits.requires_grad \
-                or not all(z.requires_grad for z in capture.outputs.values()) \
-                or y.shape != (x.shape[0],) or capture.modified():
-            return logits  # after_backward's separate pass handles (and reports) this case
-        p = self.params  # labels are checked by the loss (and scatter); no sync here
-        out = logits.softmax(1) if p.output == "softmax" else logits
-        self._step_s = _from_graph(plan.layers, capture, out, y, self.kind, p.aggregate, p.scope,
-                                   p.conv, p.class_chunk or None, retain=True)
-        return logits
-
-    def step_sensitivity(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """This step's S: from the step's forward when that was exact, else the separate pass."""
-        s = self._step_s if self._step_s is not None else self.compute_sensitivity(model, x, y)
-        self._step_s = None
-        return s
-
-    def after_backward(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
-        s = self.step_sensitivity(model, x, y)
-        params = self.named_parameters(model)
-        with torch.no_grad():
-            self._accumulate(s)
-            self.decay = {name: _decay_in_place(params[name].detach(), s[name]) for name in s}
-
-    def named_parameters(self, model: nn.Module) -> dict[str, Tensor]:
-        return self._plan_for(model).params
 
     def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
         super().end_epoch(model, epoch, phase)
         self._epoch_over = True
 
-    # -- statistics -----------------------------------------------------------------------------
     def _accumulate(self, s: dict[str, Tensor]) -> None:
         """Add this step's S of every prunable weight to the epoch's sums (one add per layer)."""
         if self._epoch_over:
@@ -757,6 +717,88 @@ class SensitivityMethod(DecayUpdate):
                      "frac_zero": (values == 0).float().mean().item()}
             out.update({rf.sens_key(layer, stat): value for stat, value in stats.items()})
         return out
+
+
+class SensitivityMethod(SensitivityStatistics):
+    """Sensitivity-driven regularization: after every step w ← w − λ·w·max(0, 1 − S(w)).
+
+    S is taken at the pre-step weights: from the step's own forward (``forward``) when that is
+    exact, else by a separate eval-mode pass in ``after_backward`` (module docstring).
+    ``epoch_metrics`` reports statistics of the epoch-mean S: each weight's S averaged over the
+    steps of the epoch, over the weights not pruned at the end of the epoch.
+    """
+
+    kind: ClassVar[Kind] = "unspec"
+    citation: ClassVar[str] = CITATION
+    Params: ClassVar[type[MethodParams]] = SensitivityParams
+
+    def __init__(self, params: SensitivityParams, context: MethodContext) -> None:
+        super().__init__(params, context)
+        self.params: SensitivityParams = params
+        self._plan: _Plan | None = None
+        self._step_s: dict[str, Tensor] | None = None  # S from this step's forward, if exact
+
+    def __getstate__(self) -> dict:
+        # The plan holds a weak reference (not picklable) and is rebuilt on the next step.
+        return {**self.__dict__, "_plan": None}
+
+    def _plan_for(self, model: nn.Module) -> _Plan:
+        if self._plan is None or self._plan.model() is not model:
+            self._plan = _Plan(weakref.ref(model), sparsity.prunable_layers(model),
+                               dict(model.named_parameters()),
+                               [m for m in model.modules() if isinstance(m, _MODE_DEPENDENT)],
+                               _has_inplace(model))
+        return self._plan
+
+    def compute_sensitivity(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """S on (x, y) by the separate eval-mode pass (:func:`sensitivity`)."""
+        p = self.params
+        return sensitivity(model, x, y, kind=self.kind, output=p.output, aggregate=p.aggregate,
+                           scope=p.scope, conv=p.conv, class_chunk=p.class_chunk or None)
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The step's forward, capturing the prunable layers' inputs and outputs; S comes from
+        this graph when that is exact (else ``after_backward`` runs the separate pass)."""
+        self._step_s = None
+        plan = self._plan_for(model)
+        if not torch.is_grad_enabled() or any(_differs_in_train_mode(m) for m in plan.mode_dependent):
+            return model(x)
+        capture = _Capture(plan.layers, clone=plan.inplace)
+        try:
+            logits = model(x)
+        finally:
+            capture.remove()
+        if logits.dim() != 2 or logits.shape[0] != x.shape[0] or not logits.requires_grad \
+                or not all(z.requires_grad for z in capture.outputs.values()) \
+                or y.shape != (x.shape[0],) or capture.modified():
+            return logits  # after_backward's separate pass handles (and reports) this case
+        self._step_s = self.graph_sensitivity(plan.layers, capture, logits, y)
+        return logits
+
+    def graph_sensitivity(self, layers: dict[str, nn.Module], capture: _Capture, logits: Tensor,
+                          y: Tensor) -> dict[str, Tensor]:
+        """S from the step's forward graph, which it keeps for the loss backward (SeReNe
+        overrides this and ``compute_sensitivity``)."""
+        p = self.params  # labels are checked by the loss (and scatter); no sync here
+        out = logits.softmax(1) if p.output == "softmax" else logits
+        return _from_graph(layers, capture, out, y, self.kind, p.aggregate, p.scope, p.conv,
+                           p.class_chunk or None, retain=True)
+
+    def step_sensitivity(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """This step's S: from the step's forward when that was exact, else the separate pass."""
+        s = self._step_s if self._step_s is not None else self.compute_sensitivity(model, x, y)
+        self._step_s = None
+        return s
+
+    def after_backward(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+        s = self.step_sensitivity(model, x, y)
+        params = self.named_parameters(model)
+        with torch.no_grad():
+            self._accumulate(s)
+            self.decay = {name: _decay_in_place(params[name].detach(), s[name]) for name in s}
+
+    def named_parameters(self, model: nn.Module) -> dict[str, Tensor]:
+        return self._plan_for(model).params
 
 
 def quantiles(values: Tensor, qs: tuple[float, ...]) -> list[float]:
