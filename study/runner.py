@@ -28,7 +28,6 @@ when it began.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -44,6 +43,8 @@ from ray import tune  # noqa: E402
 from study import runformat as rf  # noqa: E402
 from study.plan import TrialSpec, confirm_trials, grid_trials, search_trial_count  # noqa: E402
 from study.schema import StudyConfig  # noqa: E402
+from study.state import STATE_FILE, read_state, write_state  # noqa: E402,F401  (re-exported)
+from study.state import update_run_entry as _update_run_entry  # noqa: E402
 from study.search import (  # noqa: E402
     make_scheduler, make_searcher, max_concurrent, optuna_storage_url, optuna_study_names,
 )
@@ -53,8 +54,6 @@ from study.tuners import (  # noqa: E402
 )
 from study.tuners import experiment_path as _join  # noqa: E402
 from study.tuners import study_constants as _study_constants  # noqa: E402,F401  (tests build trial configs)
-
-STATE_FILE = "study.json"
 
 # -- the outcome --------------------------------------------------------------------------------
 
@@ -78,31 +77,6 @@ class StudyOutcome:
     @property
     def failed(self) -> int:
         return self.statuses.get(rf.FAILED, 0)
-
-
-# -- the study's state file ---------------------------------------------------------------------
-
-
-def read_state(output_dir: Path) -> dict[str, Any]:
-    path = output_dir / STATE_FILE
-    if not path.is_file():
-        return {"runs": []}
-    return json.loads(path.read_text())
-
-
-def write_state(output_dir: Path, state: dict[str, Any]) -> None:
-    path = output_dir / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(path)
-
-
-def _update_run_entry(output_dir: Path, tune_name: str, **changes: Any) -> None:
-    state = read_state(output_dir)
-    for entry in state["runs"]:
-        if entry["tune_name"] == tune_name:
-            entry.update(changes)
-    write_state(output_dir, state)
 
 
 # -- Ray ------------------------------------------------------------------------------------------
@@ -243,7 +217,7 @@ def run_study(
         check_resources(config)
         tracking_uri = config.resolved_tracking_uri
         tracker = Tracker(tracking_uri)
-        artifact_location = (output_dir / "mlartifacts").as_uri() if rf.is_local_uri(tracking_uri) else None
+        artifact_location = (output_dir / rf.ARTIFACTS_DIR).as_uri() if rf.is_local_uri(tracking_uri) else None
         experiment_id = tracker.experiment_id(config.experiment_name, artifact_location)
         commit = git_commit()
         if resume:
