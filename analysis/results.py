@@ -51,8 +51,9 @@ def study_methods(runs: Runs) -> set[str]:
 
 
 def study_results(runs: Runs, *, target_error: float | None = None, study_target: float | None = None,
-                  reference: str | None = None) -> Results:
-    """The report's frames; the target and reference as ``analysis.report.make_report`` takes them."""
+                  reference: str | None = None, targets: dict[tuple, Target] | None = None) -> Results:
+    """The report's frames; the target and reference as ``analysis.report.make_report`` takes
+    them. ``targets`` (another study's, for ``study compare``) replaces the resolved ones."""
     reference = matched.choose_reference(study_methods(runs), reference)
     usable = prefer_confirm(runs.usable_epochs())
     stages = stages_used(usable)
@@ -61,7 +62,8 @@ def study_results(runs: Runs, *, target_error: float | None = None, study_target
     points = agg[agg["candidate"].astype(bool)]
     front = pareto_front(points, x="compression_mean", y="test_error_mean", by=GROUP)
     agg["on_front"] = agg.index.isin(front.index)
-    targets = resolve_targets(agg, explicit=target_error, study=study_target)
+    if targets is None:
+        targets = resolve_targets(agg, explicit=target_error, study=study_target)
     selected = select(agg, targets)
     unpruned = reference_points(agg)
     matched_seeds, comparison = matched.matched_frames(usable, agg, selected, targets, reference)
