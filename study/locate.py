@@ -86,8 +86,9 @@ def _from_file(path: Path, sets: Sequence[str], tracking_uri: str | None, experi
         return Located(uri, name, folder, study)
     if rf.store_exists(uri):
         return Located(uri, name, here, study)
-    looked = [f"{rf.local_store_path(uri)} (output_dir {study.output_dir or f'runs/{study.name}'!r}, "
-              f"relative to the working directory)"]
+    output_dir = study.output_dir or f"runs/{study.name}"
+    relative = "" if Path(output_dir).expanduser().is_absolute() else ", relative to the working directory"
+    looked = [f"{rf.local_store_path(uri)} (output_dir {output_dir!r}{relative})"]
     for entry in entries:
         if rf.store_exists(entry.tracking_uri):
             return Located(entry.tracking_uri, experiment or entry.experiment, entry.folder, study,

@@ -97,8 +97,9 @@ def test_every_option_shows_its_default_and_every_command_ends_with_examples(cap
                  "CPU runs repeat exactly (default: 0)", "cuda:N (default: auto)",
                  "stops phase 2 (default: none)"):
         assert text in flat
-    flags_without_value = ("-h, --help", "--download", "--quiet", "--resume", "--show")
-    for command in ([], ["train"], ["run"], ["validate"], ["list"]):
+    flags_without_value = ("-h, --help", "--download", "--quiet", "--resume", "--show", "--force")
+    for command in ([], ["train"], ["run"], ["validate"], ["list"], ["report"], ["status"], ["export"],
+                    ["compare"], ["move"]):
         out = _help(command, capsys)
         options = out.split("\noptions:\n")[1].split("\nexamples:\n")[0]
         for entry in re.split(r"\n(?=  -)", options):
