@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analysis import matched
+from analysis import matched as matching
 from analysis.pareto import aggregate_seeds, pareto_front
 from analysis.runs import Runs, prefer_confirm, stages_used
 from analysis.selection import (GROUP, TARGET_GROUP, Target, reference_points, resolve_targets,
@@ -51,10 +51,12 @@ def study_methods(runs: Runs) -> set[str]:
 
 
 def study_results(runs: Runs, *, target_error: float | None = None, study_target: float | None = None,
-                  reference: str | None = None, targets: dict[tuple, Target] | None = None) -> Results:
+                  reference: str | None = None, targets: dict[tuple, Target] | None = None,
+                  matched: bool = True) -> Results:
     """The report's frames; the target and reference as ``analysis.report.make_report`` takes
-    them. ``targets`` (another study's, for ``study compare``) replaces the resolved ones."""
-    reference = matched.choose_reference(study_methods(runs), reference)
+    them. ``targets`` (another study's, for ``study compare``) replaces the resolved ones;
+    ``matched=False`` leaves the matched comparison (its bootstraps) out: empty frames."""
+    reference = matching.choose_reference(study_methods(runs), reference)
     usable = prefer_confirm(runs.usable_epochs())
     stages = stages_used(usable)
     carry = [c for c in ("setting", *runs.config_params) if c in usable.columns]
@@ -66,7 +68,11 @@ def study_results(runs: Runs, *, target_error: float | None = None, study_target
         targets = resolve_targets(agg, explicit=target_error, study=study_target)
     selected = select(agg, targets)
     unpruned = reference_points(agg)
-    matched_seeds, comparison = matched.matched_frames(usable, agg, selected, targets, reference)
+    if matched:
+        matched_seeds, comparison = matching.matched_frames(usable, agg, selected, targets, reference)
+    else:
+        matched_seeds, comparison = pd.DataFrame(columns=[*TARGET_GROUP, *matching.SEED_COLUMNS]), pd.DataFrame(
+            columns=[*TARGET_GROUP, *matching.SUMMARY_COLUMNS])
     return Results(usable, stages, carry, agg, points, front, targets, selected, unpruned, reference,
                    matched_seeds, comparison)
 

@@ -75,15 +75,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def show_table(display: Any, title: str) -> None:
+    """A table of strings on stdout: drawn by rich on a terminal, as Markdown otherwise (a log
+    or a pipe, where a drawn table would wrap at 80 columns)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from analysis.tables import to_markdown
+
+    out = Console()
+    if not out.is_terminal:
+        print(f"{title}\n\n{to_markdown(display)}")
+        return
+    table = Table(title=title, title_justify="left")
+    for col in display.columns:
+        numeric = display[col].astype(str).str.match(r"^[\d.,×x%—± \[\]/-]*$").all()
+        table.add_column(str(col), justify="right" if numeric else "left")
+    for row in display.itertuples(index=False):
+        table.add_row(*map(str, row))
+    out.print(table)
+
+
 def print_key_tables(report: Path) -> None:
     """The measured rows of each Table 1 the report wrote (``tables/table_<arch>_<dataset>.csv``),
     compact: method, setting, epoch, seeds, nonzero weights, compression, test and validation
     error."""
     import numpy as np
     import pandas as pd
-    from rich.table import Table
 
-    from analysis.tables import MEASURED, fmt_count, fmt_error, fmt_ratio
+    from analysis.tables import DASH, MEASURED, fmt_count, fmt_error, fmt_ratio
 
     for path in sorted((report / "tables").glob("table_*.csv")):
         rows = pd.read_csv(path, keep_default_na=False, na_values=[""])
@@ -92,19 +112,19 @@ def print_key_tables(report: Path) -> None:
             continue
         arch, _, dataset = path.stem[len("table_"):].partition("_")
         target = float(rows["target_error"].iloc[0])
-        table = Table(title=f"{arch} on {dataset}: each method at its operating point "
-                      f"(validation error ≤ {target:.2f}%)", title_justify="left")
-        for col in ("method", "setting", "epoch", "seeds", "nonzero", "compr. (×)", "test err %", "val err %"):
-            table.add_column(col, justify="left" if col in ("method", "setting") else "right")
+        lines = []
         for _, r in rows.iterrows():
             if not r["met_target"]:
-                table.add_row(r["method"], "", "", "", "", "", "", f"not ≤ {target:.2f}")
+                lines.append([r["method"], f"no point at validation error ≤ {target:.2f}%", *[DASH] * 6])
                 continue
-            table.add_row(r["method"], str(r["setting"] if isinstance(r["setting"], str) else ""),
-                          f"{int(r['epoch'])}", f"{int(r['n_seeds'])}", fmt_count(r["nonzero"]),
-                          fmt_ratio(r["compression"]), fmt_error(r["test_error"], r["test_error_std"]),
-                          f"{r['val_error']:.2f}" if np.isfinite(r["val_error"]) else "")
-        console.print(table)
+            lines.append([r["method"], r["setting"] if isinstance(r["setting"], str) else "", f"{int(r['epoch'])}",
+                          f"{int(r['n_seeds'])}", fmt_count(r["nonzero"]), fmt_ratio(r["compression"]),
+                          fmt_error(r["test_error"], r["test_error_std"]),
+                          f"{r['val_error']:.2f}" if np.isfinite(r["val_error"]) else DASH])
+        display = pd.DataFrame(lines, columns=["Method", "Setting", "Epoch", "Seeds", "Nonzero", "Compression (×)",
+                                               "Test error (%)", "Val. error (%)"])
+        show_table(display, f"{arch} on {dataset}: each method at its operating point "
+                   f"(validation error ≤ {target:.2f}%)")
 
 
 # -- study status ---------------------------------------------------------------------------------
@@ -141,8 +161,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from analysis.compare import compare_results, display_table, settings_differ
     from analysis.matched_text import fmt_target
     from analysis.results import study_results
@@ -165,12 +183,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"Compression at matched validation error, both read at A's target: {targets}. "
           "B/A: ratio of the seeds' geometric mean compressions, 95 % bootstrap interval, "
           "two-sided permutation p; a difference is called only when the interval excludes 1 and p < 0.05.")
-    table = Table()
-    for col in display.columns:
-        table.add_column(col, justify="left" if col in ("Slice", "Method", "Verdict") else "right")
-    for row in display.itertuples(index=False):
-        table.add_row(*map(str, row))
-    console.print(table)
+    show_table(display, "Compression at matched validation error: A and B")
     for change in settings_differ(frame):
         print(f"chosen setting changed: {change}")
     if args.out:

@@ -89,7 +89,20 @@ def relocate(folder: str | Path) -> list[str]:
                             con.execute(f"update {table} set {column} = ? where {key} = ?",
                                         (new_root + value[len(prefix):], row_id))
                             break
+    _forget_artifact_repos()
     return roots
+
+
+def _forget_artifact_repos() -> None:
+    """MLflow caches each run's artifact location by run id for the life of the process: a
+    process that used the runs before they moved (a notebook, a test) would still write to the
+    old place. Its cache is private, so this is best effort."""
+    import sys
+
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    cache = getattr(utils, "_artifact_repos_cache", None)
+    if hasattr(cache, "clear"):
+        cache.clear()
 
 
 def move_study(src: str | Path, dst: str | Path) -> Path:

@@ -311,11 +311,15 @@ def short_number(value: Any) -> str:
     return scientific if len(scientific) < len(plain) else plain.replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
 
 
+def params_text(params: dict[str, Any]) -> str:
+    """``lam=1e-3 T=0.02``: parameters as run names and `study status` show them."""
+    return " ".join(f"{PARAM_ABBREVIATIONS.get(k, k)}={short_number(v)}" for k, v in params.items())
+
+
 def run_name(method: str, params: dict[str, Any], seed: int, stage: str = STAGE_SEARCH) -> str:
     """A trial run's name: the method, the parameters the study sets or searches, the seed and,
     for the confirm stage, ``confirm``: ``sensitivity-spec lam=1e-3 T=0.02 s0``."""
-    parts = [method, *(f"{PARAM_ABBREVIATIONS.get(k, k)}={short_number(v)}" for k, v in params.items()),
-             f"s{seed}"]
+    parts = [method, *([params_text(params)] if params else []), f"s{seed}"]
     if stage == STAGE_CONFIRM:
         parts.append(STAGE_CONFIRM)
     return " ".join(parts)

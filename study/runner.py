@@ -15,7 +15,8 @@ parent run, resume, cluster.
    from the search runs by the report's selection rule (:mod:`study.stages`) is retrained on
    the fresh seeds, as a grid with no early stopping; runs tagged ``study.stage=confirm``,
    children of the same parent run;
-5. closes the parent run and returns a summary.
+5. closes the parent run, logs its summary metrics (:mod:`study.summary`) and returns a
+   summary.
 
 Every run of a study gets a Tune experiment ``<storage_path>/<name>-<timestamp>`` for its
 search (default ``<output_dir>/ray``), and ``<name>-<timestamp>-confirm`` for its confirm
@@ -48,6 +49,7 @@ from study.state import update_run_entry as _update_run_entry  # noqa: E402
 from study.search import (  # noqa: E402
     make_scheduler, make_searcher, max_concurrent, optuna_storage_url, optuna_study_names,
 )
+from study.summary import log_parent_summary  # noqa: E402
 from study.tracking import Tracker, git_commit  # noqa: E402
 from study.tuners import (  # noqa: E402
     Log, StageContext, constants, fit, make_tuner, restore, to_stderr,
@@ -150,6 +152,8 @@ def _open_parent(tracker: Tracker, experiment_id: str, config: StudyConfig, tune
     }
     if commit:
         tags[rf.TAG_GIT_COMMIT] = commit
+    if config.description:
+        tags[rf.TAG_DESCRIPTION] = config.description
     run_id = tracker.create_run(experiment_id, config.name, tags)
     params = {
         "config_hash": config.config_hash(),
@@ -269,6 +273,7 @@ def run_study(
                 f"`study run ... --resume`")
         _update_run_entry(output_dir, tune_name, complete=complete)
         statuses = _count_statuses(tracker, experiment_id, parent_run_id)
+        log_parent_summary(tracker, config, parent_run_id, log)
         optuna = config.search.kind == "optuna"
         return StudyOutcome(
             output_dir=output_dir, tune_path=_join(storage_path, tune_name), tracking_uri=tracking_uri,

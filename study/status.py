@@ -247,7 +247,7 @@ def format_status(status: Status, now: float | None = None) -> list[str]:
                      f"{entry.get('search', '?')} search{confirm}; {status.stage} stage, {state}")
         for choice in entry.get("chosen") or []:
             trial = choice["trial"]
-            params = " ".join(f"{k}={rf.short_number(v)}" for k, v in trial.get("params", {}).items())
+            params = rf.params_text(trial.get("params") or {})
             met = "" if choice.get("met_target", True) else " (no configuration met the target)"
             lines.append(f"    confirm   {trial['method']} on {trial['arch']}/{trial['dataset']}: "
                          f"{params or 'its one configuration'}{met}")
