@@ -346,3 +346,39 @@ def test_a_summary_that_fails_is_a_warning(mlflow_uri) -> None:
     config = SimpleNamespace(experiment_name="no-such-experiment", train=SimpleNamespace(target_error=None))
     log_parent_summary(Tracker(mlflow_uri), config, "no-such-run", messages.append)
     assert len(messages) == 1 and messages[0].startswith("warning: the parent run's summary metrics were not logged")
+
+
+# -- study run on a study that is already complete --------------------------------------------------
+
+
+class _Ran(Exception):
+    """Raised by the stand-in for run_study: the study would have trained."""
+
+
+def test_a_complete_study_is_not_trained_again_without_force(tmp_path, study_index, done, monkeypatch, capsys):
+    import study.runner
+
+    folder = tmp_path / "done"
+    shutil.copytree(done[0], folder)
+    raw = fake_study.study_dict("done", 6, 2, "lenet300", "mnist", 2.0)
+    file = tmp_path / "done.yaml"
+    file.write_text(yaml.safe_dump({**raw, "output_dir": str(folder)}))
+
+    def run_study(config, **kwargs):
+        raise _Ran(kwargs)
+
+    monkeypatch.setattr(study.runner, "run_study", run_study)
+    assert cli.main(["run", str(file), "--quiet"]) == 0
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "study done already complete: run done-20260101-000000" in err
+    assert "(use --force to run it again, or --resume to retry its 1 failed trial)" in err
+    with pytest.raises(_Ran):
+        cli.main(["run", str(file), "--force", "--quiet"])
+    with pytest.raises(_Ran):
+        cli.main(["run", str(file), "--resume", "--quiet"])
+    # another study file (another config hash) in the same folder runs
+    file.write_text(yaml.safe_dump({**raw, "output_dir": str(folder), "seeds": [0, 1, 2]}))
+    with pytest.raises(_Ran):
+        cli.main(["run", str(file), "--quiet"])
+    # `study run` recorded the study in the index before it started
+    assert [e.output_dir for e in index.find(file=file)] == [str(folder)]
