@@ -345,8 +345,12 @@ def check_registries(config: StudyConfig) -> None:
         defaults = {**option_defaults(models.MODELS[name]), **models.COMMON_OPTIONS}
         check_options(f"model.options.{name}", defaults, dict(options or {}))
     method_spaces(config)
+    from study.methods import method_class
+    from study.train import check_prune_schedule
+
     for method in config.methods:
         config.method_train(method)
+        check_prune_schedule(method_class(method), config.effective_train(method).prune_schedule)
     if config.search.kind == "optuna":
         if len(config.datasets) != 1 or len(config.archs) != 1:
             raise ValueError(
