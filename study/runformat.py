@@ -199,9 +199,7 @@ STUDY_YAML = "study.yaml"
 STUDY_SOURCE_YAML = "study.source.yaml"
 LAYERS_CSV = "layers.csv"
 HISTORY_CSV = "history.csv"
-#: ``neurons_total``: the layer's output units; ``neurons``: those left (as ``neurons.<layer>``).
-LAYER_COLUMNS: tuple[str, ...] = ("layer", "total", "nonzero", "bias_total", "bias_nonzero", REMAINING_PCT,
-                                  "neurons_total", NEURONS)
+LAYER_COLUMNS: tuple[str, ...] = ("layer", "total", "nonzero", "bias_total", "bias_nonzero", REMAINING_PCT)
 #: The SQLite store a study keeps in its output folder by default.
 STORE_FILE = "mlflow.db"
 

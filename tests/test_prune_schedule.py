@@ -306,3 +306,31 @@ def test_study_files_and_study_train_refuse_it_before_any_training(capsys) -> No
     assert main(["train", "--method", "l0", "--prune-schedule", "plateau-bisect", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'l0' prunes its own way" in err and len(err.splitlines()) == 1
+
+
+def test_a_trial_logs_the_pruning_events_and_the_architecture(tmp_path, trial_config, mlflow_uri) -> None:
+    """MLflow gets ``prune_threshold`` at the pruning epochs only, ``neurons.<layer>`` and
+    ``inputs`` every epoch, and the ``architecture`` string as a tag (the last epoch's) and in
+    ``history.csv``."""
+    import csv
+
+    from study.tracking import Tracker
+    from study.trial import Trial
+    from test_study_trial import FakeSession, _children, _tracking
+
+    tracking = _tracking(mlflow_uri, "trial-plateau")
+    train = {"epochs": 5, "reach_epochs": 1, "prune_schedule": "plateau-bisect", "plateau_epochs": 2,
+             "plateau_tolerance": 0.9}
+    Trial(trial_config("lobster", {}, [0], tracking=tracking, train=train), FakeSession(tmp_path)).run()
+    (run,) = _children(mlflow_uri, tracking)
+    client = Tracker(mlflow_uri).client
+    assert [m.step for m in client.get_metric_history(run.info.run_id, rf.PRUNE_THRESHOLD)] == [4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, rf.neurons_key("fc1"))] == [1, 2, 3, 4, 5]
+    assert run.data.params["train.prune_schedule"] == "plateau-bisect"
+    with open(client.download_artifacts(run.info.run_id, rf.HISTORY_CSV)) as f:
+        history = list(csv.DictReader(f))
+    last = history[-1]
+    assert run.data.tags[rf.ARCHITECTURE] == last[rf.ARCHITECTURE]
+    assert last[rf.ARCHITECTURE] == rf.architecture(
+        float(last[rf.INPUTS]), [float(last[rf.neurons_key(layer)]) for layer in ("fc1", "fc2", "fc3")])
+    assert [bool(row[rf.PRUNE_THRESHOLD]) for row in history] == [False, False, False, True, False]
