@@ -400,8 +400,12 @@ def check_registries(config: StudyConfig) -> None:
         check_options(f"model.options.{name}", defaults, dict(options or {}))
     spaces = method_spaces(config)
     check_budgets(config, spaces)
+    from study.methods import method_class
+    from study.train import check_prune_schedule
+
     for method in config.methods:
         config.method_train(method)
+        check_prune_schedule(method_class(method), config.effective_train(method).prune_schedule)
     if config.search.kind == "optuna":
         if len(config.datasets) != 1 or len(config.archs) != 1:
             raise ValueError(
