@@ -52,11 +52,20 @@ class Method:
     name: ClassVar[str] = "base"
     citation: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
+    #: Whether the method does something in the sparsify phase that it does not do in the reach
+    #: phase (thresholding, a pruning schedule); False for methods that act alike in both.
+    uses_sparsify_phase: ClassVar[bool] = True
 
     def __init__(self, params: MethodParams, context: MethodContext) -> None:
         self.params = params
         self.context = context
         self.masks: dict[str, Tensor] = {}
+
+    @classmethod
+    def expects_sparsify_phase(cls, params: MethodParams) -> bool:
+        """Whether a run with these parameters needs its sparsify phase to start: the check
+        before launch rejects train settings under which it never does."""
+        return cls.uses_sparsify_phase
 
     # -- hooks ---------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
@@ -136,6 +145,10 @@ class ThresholdMethod(Method):
 
     Params: ClassVar[type[MethodParams]] = ThresholdParams
     params: ThresholdParams
+
+    @classmethod
+    def expects_sparsify_phase(cls, params: MethodParams) -> bool:
+        return getattr(params, "threshold", 0) > 0  # T = 0: the sparsify phase prunes nothing
 
     def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
         if phase == "sparsify":
