@@ -49,7 +49,9 @@ def _method_index(methods: Sequence[str]) -> dict[str, int]:
 
 def method_colors(methods: Sequence[str]) -> dict[str, tuple]:
     """The same colour for a method in every figure; the reference is dark grey."""
-    palette = [c for i, c in enumerate(sns.color_palette("colorblind", 10)) if i != 7]  # no grey
+    # colour-blind safe first, then the darker shades of the same hues (markers keep those apart)
+    palette = [c for name in ("colorblind", "dark")
+               for i, c in enumerate(sns.color_palette(name, 10)) if i != 7]  # no grey
     out = {m: palette[i % len(palette)] for m, i in _method_index(methods).items()}
     if REFERENCE_METHOD in methods:
         out[REFERENCE_METHOD] = REFERENCE_COLOR

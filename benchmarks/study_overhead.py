@@ -68,15 +68,17 @@ def run_study(config_file: str, overrides: list[str], output_dir: Path) -> tuple
     return wall, float(found.group(1)) if found else float("nan")
 
 
-def plain_loop(config_file: str, overrides: list[str]) -> tuple[float, int]:
+def plain_loop(config_file: str, overrides: list[str], output_dir: Path) -> tuple[float, int]:
     """Every trial of the study, one after another, with ``study.train.fit`` on one thread;
-    returns (seconds inside fit, trained seeds). Data loading is not timed."""
+    returns (seconds inside fit, trained seeds). Data loading is not timed. The trials of a
+    confirm stage are those the study in ``output_dir`` chose (its ``study.json``)."""
     import torch
 
     from study import data as data_registry
     from study import models
     from study.methods import build_method
-    from study.plan import grid_trials
+    from study.plan import TrialSpec, confirm_trials, grid_trials
+    from study.runner import read_state
     from study.schema import load_study
     from study.settings import TrainConfig
     from study.trial import TRAIN_FIELDS
@@ -88,7 +90,11 @@ def plain_loop(config_file: str, overrides: list[str]) -> tuple[float, int]:
         sys.exit("the plain loop replays a grid study's trials; this study is an Optuna search")
     study_train = config.train.model_dump(mode="json")
     seconds, runs = 0.0, 0
-    for spec in grid_trials(config):
+    specs = grid_trials(config)
+    entry = (read_state(output_dir)["runs"] or [{}])[-1]
+    if entry.get("chosen"):  # the confirm stage, as the study ran it
+        specs += confirm_trials([TrialSpec(**c["trial"]) for c in entry["chosen"]], entry["confirm_seeds"])
+    for spec in specs:
         train = {**study_train, **spec.train}
         for seed in spec.seeds:
             data = data_registry.load_dataset(
@@ -120,7 +126,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="study-overhead-") as tmp:
         for repeat in range(args.repeats):
             wall, inside = run_study(args.config, args.set, Path(tmp) / f"run{repeat}")
-            loop, runs = plain_loop(args.config, args.set)
+            loop, runs = plain_loop(args.config, args.set, Path(tmp) / f"run{repeat}")
             walls.append(wall), insides.append(inside), loops.append(loop)
             print(f"repeat {repeat + 1}: study {wall:.1f} s wall ({inside:.1f} s in-study), plain loop "
                   f"{loop:.1f} s for {runs} runs = {loop / args.cores:.1f} s over {args.cores} cores: "

@@ -1,5 +1,7 @@
-"""What a study expands to: each method's parameter spaces, the trials of a grid search, and
-the plan that ``study validate`` prints.
+"""What a study expands to: each method's parameter spaces, its search budget, the trials of a
+grid search and of a confirm stage, and the plan that ``study validate`` prints. (One concept,
+the expansion of a study file, over 400 lines: the spaces, budgets and trials are what the plan
+prints, and splitting them would split one set of rules across files.)
 
 Each method's parameters (``methods.<method>.<param>`` in the study file) are given as one of:
 
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -81,11 +82,13 @@ class ParamSpace:
 _RANGE_KEYS = {"low", "high", "log", "step", "num"}
 
 
-def _typed(method: str, param: str, value: Any) -> Any:
+def typed_param(method: str, param: str, value: Any) -> Any:
     """``value`` as the declared type of ``method``'s parameter (strings parsed, int -> float)."""
     from study.methods import param_types
 
     return coerce(value, param_types(method)[param], f"methods.{method}.{param}")
+
+
 
 
 def parse_param_space(method: str, param: str, spec: Any) -> ParamSpace:
@@ -101,7 +104,7 @@ def parse_param_space(method: str, param: str, spec: Any) -> ParamSpace:
                     f"{where}: a range needs low and high (optional: log, step, num), or use "
                     f"{{choices: [...]}}; got keys {sorted(spec)}"
                 )
-            low, high = _typed(method, param, spec["low"]), _typed(method, param, spec["high"])
+            low, high = typed_param(method, param, spec["low"]), typed_param(method, param, spec["high"])
             numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
             if not numeric:
                 raise ValueError(f"{where}: a range needs a numeric parameter, {param} is {low!r}")
@@ -122,11 +125,11 @@ def parse_param_space(method: str, param: str, spec: Any) -> ParamSpace:
     if isinstance(spec, (list, tuple)):
         if not spec:
             raise ValueError(f"{where}: an empty list of values")
-        values = tuple(_typed(method, param, v) for v in spec)
+        values = tuple(typed_param(method, param, v) for v in spec)
         if len(set(map(repr, values))) != len(values):
             raise ValueError(f"{where}: values repeat: {list(values)}")
         return ParamSpace(param, "choice", values=values)
-    return ParamSpace(param, "fixed", values=(_typed(method, param, spec),))
+    return ParamSpace(param, "fixed", values=(typed_param(method, param, spec),))
 
 
 def method_spaces(config: StudyConfig) -> dict[str, dict[str, ParamSpace]]:
@@ -185,6 +188,83 @@ def grid_combinations(spaces: dict[str, ParamSpace]) -> list[dict[str, Any]]:
     return [dict(zip(names, combo)) for combo in itertools.product(*axes)]
 
 
+# -- equal budgets ------------------------------------------------------------------------------
+
+#: Why a method is exempt from ``search.budget_per_method``.
+EXEMPT_REASON = "no parameters to search"
+
+
+def nothing_to_search(method: str) -> bool:
+    """A method without parameters (``none``): it has one configuration, whatever the budget.
+    A method whose parameters the study fixes is not exempt: fixing them is a budget of one."""
+    from study.methods import default_params
+
+    return not default_params(method)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many configurations of one method the search compares on validation error."""
+
+    method: str
+    configurations: int | None  # None: sampled from the study's shared Optuna pool
+    exempt: bool = False
+
+    def describe(self) -> str:
+        if self.configurations is None:
+            return "sampled"
+        return f"{self.configurations}*" if self.exempt else str(self.configurations)
+
+
+def method_budgets(config: StudyConfig, spaces: dict[str, dict[str, ParamSpace]] | None = None
+                   ) -> dict[str, Budget]:
+    """Each method's search budget: its grid size (grid), ``budget_per_method`` (optuna with
+    equal budgets; 1 for an exempt method), or None (optuna sampling methods from one pool)."""
+    spaces = spaces if spaces is not None else method_spaces(config)
+    per_method = config.search.budget_per_method
+    out: dict[str, Budget] = {}
+    for method, params in spaces.items():
+        exempt = per_method is not None and nothing_to_search(method)
+        if config.search.kind == "grid":
+            size: int | None = len(grid_combinations(params))
+        elif per_method is None:
+            size = None
+        else:
+            size = 1 if exempt else per_method
+        out[method] = Budget(method, size, exempt)
+    return out
+
+
+def check_budgets(config: StudyConfig, spaces: dict[str, dict[str, ParamSpace]]) -> None:
+    """With ``search.budget_per_method: N``: in a grid search every method not exempt must have
+    a grid of exactly N configurations, unless ``search.allow_unequal``; a one-line error
+    names each method's grid size. In an Optuna search (N samples per method by construction)
+    a method not exempt must have something to sample, or it would train one configuration
+    N times."""
+    s = config.search
+    if s.budget_per_method is None:
+        return
+    if s.kind == "optuna":
+        for method, params in spaces.items():
+            if not nothing_to_search(method) and all(p.kind == "fixed" for p in params.values()):
+                raise ValueError(f"methods.{method}: every parameter is fixed, so search.budget_per_method "
+                                 f"({s.budget_per_method}) would train its one configuration "
+                                 f"{s.budget_per_method} times; give it a list or range to search")
+        return
+    if s.allow_unequal:
+        return
+    budgets = method_budgets(config, spaces)
+    counted = {m: b.configurations for m, b in budgets.items() if not b.exempt}
+    if all(n == s.budget_per_method for n in counted.values()):
+        return
+    sizes = ", ".join(f"{m} {n}" for m, n in counted.items())
+    exempt = [m for m, b in budgets.items() if b.exempt]
+    note = f" ({', '.join(exempt)}: exempt, {EXEMPT_REASON})" if exempt else ""
+    raise ValueError(f"search.budget_per_method is {s.budget_per_method} but the methods' grid sizes are "
+                     f"{sizes}{note}; give every method {s.budget_per_method} configurations or set "
+                     f"search.allow_unequal: true")
+
+
 # -- the plan ---------------------------------------------------------------------------------
 
 
@@ -218,15 +298,32 @@ def grid_trials(config: StudyConfig) -> list[TrialSpec]:
     return trials
 
 
+def confirm_trials(chosen: list[TrialSpec], seeds: list[int]) -> list[TrialSpec]:
+    """The confirm stage: each chosen configuration (its ``seeds`` ignored) once per confirm
+    seed, one seed per trial."""
+    return [TrialSpec(c.method, c.arch, c.dataset, [seed], dict(c.params), dict(c.train))
+            for c in chosen for seed in seeds]
+
+
+def search_trial_count(config: StudyConfig) -> int:
+    """How many Tune trials the search stage runs."""
+    if config.search.kind == "grid":
+        return len(grid_trials(config))
+    if config.search.budget_per_method is None:
+        return config.search.num_samples
+    return sum(int(b.configurations or 0) for b in method_budgets(config).values())
+
+
 @dataclass
 class PlanRow:
     dataset: str
     arch: str
     method: str
-    configurations: int | str
+    configurations: int | str  # the method's budget: "4", "1*" (exempt) or "sampled"
     seeds: int
     trials: int | str
     space: str
+    confirm: int = 0  # confirm-stage trials
 
 
 def _describe_method(config: StudyConfig, method: str, spaces: dict[str, ParamSpace]) -> str:
@@ -240,44 +337,71 @@ def _describe_method(config: StudyConfig, method: str, spaces: dict[str, ParamSp
 
 
 def plan(config: StudyConfig) -> list[PlanRow]:
-    """How many trials of which method: the rows `study validate` prints."""
+    """How many configurations and trials of which method: the rows `study validate` prints."""
     spaces = method_spaces(config)
+    budgets = method_budgets(config, spaces)
+    confirm = len(config.confirm.seeds) if config.confirm is not None else 0
+    grid = config.search.kind == "grid"
+    pairs = list(itertools.product(config.datasets, config.archs)) if grid else [
+        (config.datasets[0], config.archs[0])]
     rows = []
-    if config.search.kind == "grid":
-        counts = Counter((t.dataset, t.arch, t.method) for t in grid_trials(config))
-        for (dataset, arch, method), n in counts.items():
-            space = _describe_method(config, method, spaces[method])
-            rows.append(PlanRow(dataset, arch, method, n // len(config.seeds), len(config.seeds), n, space))
-    else:
+    for dataset, arch in pairs:
         for method, params in spaces.items():
-            space = _describe_method(config, method, params)
-            rows.append(PlanRow(config.datasets[0], config.archs[0], method, "sampled", len(config.seeds),
-                                "sampled", space))
+            budget = budgets[method]
+            n = budget.configurations
+            if grid:
+                trials: int | str = int(n or 0) * len(config.seeds)
+            else:  # optuna: a trial trains every seed of its configuration
+                trials = "sampled" if n is None else int(n)
+            shown: int | str = n if n is not None and not budget.exempt else budget.describe()
+            rows.append(PlanRow(dataset, arch, method, shown, len(config.seeds), trials,
+                                _describe_method(config, method, params), confirm))
     return rows
 
 
 def describe_plan(config: StudyConfig) -> str:
-    """A plain-text summary of the expanded plan."""
+    """A plain-text summary of the expanded plan: the search stage, then the confirm stage."""
     rows = plan(config)
-    head = ("dataset", "arch", "method", "configs", "seeds", "trials", "parameters")
-    table = [head] + [(r.dataset, r.arch, r.method, str(r.configurations), str(r.seeds), str(r.trials), r.space)
-                      for r in rows]
+    head = ("dataset", "arch", "method", "configs", "seeds", "trials")
+    if config.confirm is not None:
+        head += ("confirm",)
+    head += ("parameters",)
+    table = [head] + [(r.dataset, r.arch, r.method, str(r.configurations), str(r.seeds), str(r.trials))
+                      + ((str(r.confirm),) if config.confirm is not None else ()) + (r.space,) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in table]
     t, s, r = config.train, config.search, config.resources
+    stage = "search stage (study.stage=search): " if config.confirm is not None else ""
     if s.kind == "grid":
-        total = sum(int(r_.trials) for r_ in rows)
-        summary = f"grid search: {total} trials (each one seed)"
+        summary = f"{stage}grid search: {search_trial_count(config)} trials (each one seed)"
     else:
         objectives = ", ".join(f"{o.metric} {o.mode}" for o in s.objectives)
-        summary = (f"optuna search ({s.sampler}, seed {s.seed}): {s.num_samples} sampled configurations, "
+        if s.budget_per_method is None:
+            sampled = f"{s.num_samples} sampled configurations"
+        else:
+            sampled = (f"one Optuna study per method, {s.budget_per_method} sampled configurations each "
+                       f"({search_trial_count(config)} in all)")
+        summary = (f"{stage}optuna search ({s.sampler}, seed {s.seed}): {sampled}, "
                    f"each trained for {len(config.seeds)} seed(s) in one trial; objectives: {objectives} "
                    f"(means over seeds)")
+    summary += _budget_line(config, rows)
     sched = config.scheduler
     if sched.kind == "asha":
-        obj = config.scheduler_objective
-        summary += (f"\nASHA: {obj.metric} {obj.mode}, grace period {sched.grace_period} epochs, "
+        rule = (f"Pareto rank over {', '.join(f'{o.metric} {o.mode}' for o in s.objectives)} at each rung "
+                f"(a trial on the rung's front is never stopped)" if s.multi_objective else
+                f"{config.scheduler_objective.metric} {config.scheduler_objective.mode}")
+        if s.budget_per_method is not None:
+            rule += ", each method's trials judged against its own method's only"
+        summary += (f"\nASHA: {rule}, grace period {sched.grace_period} epochs, "
                     f"reduction factor {sched.reduction_factor:g}")
+    if config.confirm is not None:
+        n_confirm = sum(r.confirm for r in rows)
+        target = (f"validation error <= {t.target_error}%" if t.target_error is not None
+                  else "the report's default target")
+        summary += (f"\nconfirm stage (study.stage=confirm): per method, the configuration the report's selection "
+                    f"rule picks from the search runs (highest mean compression at {target}; a method that misses "
+                    f"the target: its lowest mean validation error) is retrained on seeds {config.confirm.seeds}: "
+                    f"{n_confirm} trials, not stopped early")
     summary += (f"\ntraining: {t.epochs} epochs (reach {t.reach_epochs}"
                 + (f" or val error <= {t.target_error}%" if t.target_error is not None else "")
                 + f"), batch {t.batch_size}, {t.optimizer} lr {t.lr:g} momentum {t.momentum:g}, "
@@ -292,3 +416,17 @@ def describe_plan(config: StudyConfig) -> str:
     return "\n".join(lines) + "\n" + summary
 
 
+def _budget_line(config: StudyConfig, rows: list[PlanRow]) -> str:
+    """What the configs column means for the budgets."""
+    s = config.search
+    if s.budget_per_method is None:
+        return ""
+    exempt = sorted({r.method for r in rows if str(r.configurations).endswith("*")})
+    text = f"\nequal budgets: {s.budget_per_method} configurations per method"
+    if exempt:
+        text += f"; * exempt ({EXEMPT_REASON}): {', '.join(exempt)} trains its one configuration"
+    if s.allow_unequal:
+        sizes = {r.method: r.configurations for r in rows}
+        if len({v for m, v in sizes.items() if m not in exempt}) > 1:
+            text += " (search.allow_unequal: the grids differ, as the configs column shows)"
+    return text

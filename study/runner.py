@@ -1,29 +1,39 @@
-"""A study on Ray Tune: grid or Optuna search, resources, MLflow parent run, resume, cluster.
+"""A study on Ray Tune: grid or Optuna search, an optional confirm stage, resources, MLflow
+parent run, resume, cluster.
 
 ``run_study(config)``:
 
 1. starts Ray in-process on every core (or joins the cluster at ``address`` / ``$RAY_ADDRESS``);
 2. opens the study's MLflow parent run (default store: ``<output_dir>/mlflow.db``);
-3. runs the trials (:func:`study.trial.run_trial`) with a Tuner: a grid over the expanded
-   plan (:mod:`study.plan`), or an Optuna search (TPE or NSGA-II, one objective or several)
-   whose study is kept in ``<output_dir>/optuna.db``; optionally with ASHA early stopping
-   (the searcher and the scheduler: :mod:`study.search`);
-4. closes the parent run and returns a summary.
+3. the **search stage**: runs the trials (:func:`study.trial.run_trial`) with a Tuner: a grid
+   over the expanded plan (:mod:`study.plan`), or an Optuna search (TPE or NSGA-II, one
+   objective or several; one shared Optuna study, or one per method with
+   ``search.budget_per_method``) kept in ``<output_dir>/optuna.db``; optionally with ASHA early
+   stopping (the searcher and the scheduler: :mod:`study.search`). Its runs are tagged
+   ``study.stage=search``;
+4. with ``confirm: {seeds: [...]}``, the **confirm stage**: each method's configuration chosen
+   from the search runs by the report's selection rule (:mod:`study.stages`) is retrained on
+   the fresh seeds, as a grid with no early stopping; runs tagged ``study.stage=confirm``,
+   children of the same parent run;
+5. closes the parent run and returns a summary.
 
-Every run of a study gets a Tune experiment ``<storage_path>/<name>-<timestamp>`` (default
-``<output_dir>/ray``), listed in ``<output_dir>/study.json``. ``resume=True`` restores the
-latest one with ``Tuner.restore``: finished trials stay finished, interrupted or crashed ones
-continue from their checkpoints and keep their MLflow runs, and missing trials are started.
+Every run of a study gets a Tune experiment ``<storage_path>/<name>-<timestamp>`` for its
+search (default ``<output_dir>/ray``), and ``<name>-<timestamp>-confirm`` for its confirm
+stage, listed in ``<output_dir>/study.json`` with the stage the run is in and the chosen
+configurations. ``resume=True`` continues the latest run where it stopped: a search stage is
+restored with ``Tuner.restore`` (finished trials stay finished, interrupted or crashed ones
+continue from their checkpoints and keep their MLflow runs, missing trials are started) and
+then confirmed; a confirm stage is restored the same way, with the configurations recorded
+when it began.
 """
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Ray >= 2.59 turns on token auth; local runs and loopback clusters run without it (a cluster
 # with token auth: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN before `study run`).
@@ -32,26 +42,21 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from ray import tune  # noqa: E402
 
 from study import runformat as rf  # noqa: E402
-from study.plan import grid_trials  # noqa: E402
+from study.plan import TrialSpec, confirm_trials, grid_trials, search_trial_count  # noqa: E402
 from study.schema import StudyConfig  # noqa: E402
-from study.search import make_scheduler, make_searcher, max_concurrent, optuna_storage_url  # noqa: E402
+from study.search import (  # noqa: E402
+    make_scheduler, make_searcher, max_concurrent, optuna_storage_url, optuna_study_names,
+)
 from study.tracking import Tracker, git_commit  # noqa: E402
+from study.tuners import (  # noqa: E402
+    Log, StageContext, constants, fit, make_tuner, restore, to_stderr,
+)
+from study.tuners import experiment_path as _join  # noqa: E402
+from study.tuners import study_constants as _study_constants  # noqa: E402,F401  (tests build trial configs)
 
 STATE_FILE = "study.json"
 
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # -- the outcome --------------------------------------------------------------------------------
-
-
-def _join(storage_path: str, name: str) -> str:
-    """A Tune experiment's location: a local path or a URI (s3://..., gs://...)."""
-    return f"{storage_path.rstrip('/')}/{name}"
 
 
 @dataclass
@@ -64,7 +69,11 @@ class StudyOutcome:
     complete: bool  # every trial ended (finished, diverged, pruned or failed)
     statuses: dict[str, int] = field(default_factory=dict)  # MLflow child runs by status tag
     optuna_storage: str | None = None
-    optuna_study: str | None = None
+    optuna_study: str | None = None  # the one shared Optuna study; None with one study per method
+    optuna_studies: dict[str, str] = field(default_factory=dict)  # method -> Optuna study (equal budgets)
+    stage: str = rf.STAGE_SEARCH  # the stage the study reached
+    confirm_tune_path: str | None = None
+    chosen: list[dict[str, Any]] = field(default_factory=list)  # the confirm stage's configurations
 
     @property
     def failed(self) -> int:
@@ -129,105 +138,30 @@ def check_resources(config: StudyConfig) -> None:
                          f"{have.get('CPU', 0):g} CPUs")
 
 
-def trial_dirname(trial: Any) -> str:
-    """Short trial folders: the generated names hold the whole config and grow too long."""
-    spec = trial.config.get("trial") or {}
-    return f"{spec.get('method', 'trial')}-{trial.trial_id}"
-
-
 # -- Optuna ---------------------------------------------------------------------------------------
 
 
-def load_optuna_study(output_dir: str | Path, study_name: str | None = None) -> Any:
+def load_optuna_study(output_dir: str | Path, study_name: str | None = None, method: str | None = None) -> Any:
     """The persisted Optuna study of a finished (or running) study: ``.best_trials`` is the
-    Pareto set. Default: the latest run of the study in ``output_dir``."""
+    Pareto set. Default: the latest run of the study in ``output_dir``; with equal budgets
+    (one Optuna study per method) ``method`` says which."""
     import optuna
 
     output_dir = Path(output_dir).resolve()
     if study_name is None:
-        runs = [r for r in read_state(output_dir)["runs"] if r.get("optuna_study")]
+        runs = [r for r in read_state(output_dir)["runs"] if r.get("optuna_study") or r.get("optuna_studies")]
         if not runs:
             raise ValueError(f"{output_dir} holds no Optuna study (was it a grid search?)")
-        study_name = runs[-1]["optuna_study"]
+        studies = runs[-1].get("optuna_studies") or {"": runs[-1]["optuna_study"]}
+        key = "" if method is None and "" in studies else method
+        if key not in studies:
+            raise ValueError(f"{output_dir}: the latest search has one Optuna study per method; "
+                             f"method={method!r}, valid: {', '.join(k for k in studies if k)}")
+        study_name = studies[key]
     return optuna.load_study(study_name=study_name, storage=optuna_storage_url(output_dir))
 
 
-# -- the driver-side callback ----------------------------------------------------------------------
-
-
-class StudyCallback(tune.Callback):
-    """Prints one line per ended trial and closes MLflow runs the trial could not close
-    itself: stopped by the scheduler (``pruned``) or dead for good (``failed``)."""
-
-    def __init__(self, tracker: Tracker, experiment_id: str, parent_run_id: str, total: int) -> None:
-        self.tracker, self.experiment_id, self.parent_run_id = tracker, experiment_id, parent_run_id
-        self.total, self.ended = total, 0
-
-    def _close_open_runs(self, trial: Any, status: str, mlflow_status: str) -> None:
-        runs = self.tracker.find_runs(
-            self.experiment_id, {rf.TAG_TUNE_TRIAL_ID: trial.trial_id, rf.TAG_PARENT_RUN: self.parent_run_id}
-        )
-        for run in runs:
-            if run.data.tags.get(rf.TAG_STATUS) == rf.RUNNING:
-                self.tracker.finish(run.info.run_id, status, mlflow_status)
-
-    def _line(self, trial: Any, what: str) -> None:
-        self.ended += 1
-        spec = trial.config.get("trial") or {}
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in (spec.get("params") or {}).items())
-        r = trial.last_result or {}
-        numbers = ""
-        if "val_error" in r:
-            numbers = (f"  epoch {int(r.get('epoch', 0))}, val error {r['val_error']:.2f}%, "
-                       f"compression {r.get('compression', float('nan')):.2f}x")
-        seeds = spec.get("seeds", [])
-        who = f"{spec.get('method', '?')} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
-        _stderr(f"[{self.ended}/{self.total}] {who}{' ' + params if params else ''}: {what}{numbers}")
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        r = trial.last_result or {}
-        try:
-            self._close_open_runs(trial, rf.PRUNED, "FINISHED")
-        except Exception as err:  # tracking trouble must not stop the study
-            _stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
-        if not r.get("final"):
-            what = rf.PRUNED
-        elif r.get("diverged_seeds"):
-            what = "diverged" if r.get("num_seeds", 1) == 1 else f"finished ({int(r['diverged_seeds'])} seeds diverged)"
-        else:
-            what = rf.FINISHED
-        self._line(trial, what)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        try:
-            self._close_open_runs(trial, rf.FAILED, "FAILED")
-        except Exception as err:
-            _stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
-        self._line(trial, f"FAILED (see {trial.local_path})")
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _stderr(f"trial {trial.trial_id} crashed; retrying from its last checkpoint")
-
-
 # -- the study ------------------------------------------------------------------------------------
-
-
-def _study_constants(config: StudyConfig, tracking: dict[str, Any], commit: str | None,
-                     hooks: dict[str, Any] | None) -> dict[str, Any]:
-    """What every trial of the study shares (the ``study`` part of a trial's config)."""
-    return {
-        "name": config.name,
-        "config_hash": config.config_hash(),
-        "git_commit": commit,
-        "train": config.train.model_dump(mode="json"),
-        "data": config.data.model_dump(mode="json"),
-        "model": config.model.model_dump(mode="json"),
-        "cpus_per_trial": config.resources.cpus_per_trial,
-        "checkpoint": {"every": config.resources.checkpoint_every, "seconds": config.resources.checkpoint_seconds},
-        "tracking": tracking,
-        "hooks": dict(hooks or {}),
-    }
 
 
 def _open_parent(tracker: Tracker, experiment_id: str, config: StudyConfig, tune_name: str,
@@ -243,14 +177,19 @@ def _open_parent(tracker: Tracker, experiment_id: str, config: StudyConfig, tune
     if commit:
         tags[rf.TAG_GIT_COMMIT] = commit
     run_id = tracker.create_run(experiment_id, config.name, tags)
-    tracker.log_params(run_id, {f"{rf.STUDY_PARAM_PREFIX}{key}": value for key, value in {
+    params = {
         "config_hash": config.config_hash(),
         "search": config.search.kind,
         "seeds": ",".join(map(str, config.seeds)),
         "methods": ",".join(config.methods),
         "datasets": ",".join(config.datasets),
         "archs": ",".join(config.archs),
-    }.items()})
+    }
+    if config.search.budget_per_method is not None:
+        params["budget_per_method"] = str(config.search.budget_per_method)
+    if config.confirm is not None:
+        params["confirm_seeds"] = ",".join(map(str, config.confirm.seeds))
+    tracker.log_params(run_id, {f"{rf.STUDY_PARAM_PREFIX}{key}": value for key, value in params.items()})
     tracker.log_text(run_id, config.to_yaml(), rf.STUDY_YAML)
     if source_text is not None:
         tracker.log_text(run_id, source_text, rf.STUDY_SOURCE_YAML)
@@ -272,7 +211,7 @@ def run_study(
     resume: bool = False,
     source_text: str | None = None,
     hooks: dict[str, Any] | None = None,
-    log: Log = _stderr,
+    log: Log = to_stderr,
 ) -> StudyOutcome:
     """Run (or, with ``resume``, continue) a study; see the module docstring.
 
@@ -287,7 +226,8 @@ def run_study(
             raise ValueError(f"nothing to resume: {output_dir / STATE_FILE} lists no runs of this study")
         entry = state["runs"][-1]
         tune_name = entry["tune_name"]
-        if not tune.Tuner.can_restore(_join(storage_path, tune_name)):
+        if entry.get("stage", rf.STAGE_SEARCH) == rf.STAGE_SEARCH and not tune.Tuner.can_restore(
+                _join(storage_path, tune_name)):
             raise ValueError(f"cannot resume {tune_name}: no Tune experiment state in {_join(storage_path, tune_name)}")
         if entry.get("config_hash") != config.config_hash():
             log(f"warning: the study file changed since {tune_name} started (config hash "
@@ -309,27 +249,40 @@ def run_study(
         if resume:
             parent_run_id = entry["parent_run_id"]
             tracker.reopen(parent_run_id)
-            log(f"resuming {tune_name} (MLflow parent run {parent_run_id})")
+            log(f"resuming {tune_name} at its {entry.get('stage', rf.STAGE_SEARCH)} stage "
+                f"(MLflow parent run {parent_run_id})")
         else:
             parent_run_id = _open_parent(tracker, experiment_id, config, tune_name, source_text, commit)
-            state["runs"].append({
+            studies = optuna_study_names(config, tune_name)
+            entry = {
                 "tune_name": tune_name, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
                 "config_hash": config.config_hash(), "search": config.search.kind,
-                "optuna_study": tune_name if config.search.kind == "optuna" else None,
+                "optuna_study": studies.get(""), "optuna_studies": {m: n for m, n in studies.items() if m},
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": False,
-            })
+                "stage": rf.STAGE_SEARCH,
+                "confirm_seeds": list(config.confirm.seeds) if config.confirm is not None else None,
+            }
+            state["runs"].append(entry)
             write_state(output_dir, state)
+        ctx = StageContext(config, storage_path, tracker, experiment_id, parent_run_id, commit, hooks, log)
+        confirm_name = f"{tune_name}-confirm"
         try:
-            expected, tuner = _make_tuner(
-                config, resume=resume, tune_name=tune_name, storage_path=storage_path, tracker=tracker,
-                experiment_id=experiment_id, parent_run_id=parent_run_id, commit=commit, hooks=hooks, log=log,
-            )
-            results = tuner.fit()
+            complete = True
+            resume_confirm = resume
+            if entry.get("stage", rf.STAGE_SEARCH) == rf.STAGE_SEARCH:
+                complete = _run_search(ctx, tune_name, resume=resume)
+                if complete and entry.get("confirm_seeds"):
+                    entry.update(_begin_confirm(ctx, confirm_name))
+                    _update_run_entry(output_dir, tune_name, **{k: entry[k] for k in ("stage", "confirm_tune_name",
+                                                                                       "chosen")})
+                    resume_confirm = False
+            if complete and entry.get("stage") == rf.STAGE_CONFIRM:
+                chosen = [TrialSpec(**c["trial"]) for c in entry["chosen"]]
+                complete = _run_confirm(ctx, confirm_name, confirm_trials(chosen, entry["confirm_seeds"]),
+                                        resume=resume_confirm)
         except BaseException as err:
             tracker.finish(parent_run_id, rf.FAILED, "FAILED", error=f"{type(err).__name__}: {err}"[:500])
             raise
-        ended = results.num_terminated + results.num_errors
-        complete = len(results) >= expected and ended == len(results)
         if complete:
             tracker.finish(parent_run_id, rf.FINISHED, "FINISHED")
         else:
@@ -338,15 +291,19 @@ def run_study(
                 if run.info.status == "RUNNING":
                     tracker.call(tracker.client.set_terminated, run.info.run_id, status="KILLED")
             tracker.finish(parent_run_id, rf.INTERRUPTED, "KILLED")
-            log(f"the study was interrupted; continue it with `study run ... --resume` "
-                f"(Tune experiment {_join(storage_path, tune_name)})")
+            log(f"the study was interrupted in its {entry.get('stage', rf.STAGE_SEARCH)} stage; continue it with "
+                f"`study run ... --resume`")
         _update_run_entry(output_dir, tune_name, complete=complete)
         statuses = _count_statuses(tracker, experiment_id, parent_run_id)
+        optuna = config.search.kind == "optuna"
         return StudyOutcome(
             output_dir=output_dir, tune_path=_join(storage_path, tune_name), tracking_uri=tracking_uri,
             experiment_id=experiment_id, parent_run_id=parent_run_id, complete=complete, statuses=statuses,
-            optuna_storage=optuna_storage_url(output_dir) if config.search.kind == "optuna" else None,
-            optuna_study=tune_name if config.search.kind == "optuna" else None,
+            optuna_storage=optuna_storage_url(output_dir) if optuna else None,
+            optuna_study=entry.get("optuna_study"), optuna_studies=dict(entry.get("optuna_studies") or {}),
+            stage=entry.get("stage", rf.STAGE_SEARCH),
+            confirm_tune_path=_join(storage_path, confirm_name) if entry.get("stage") == rf.STAGE_CONFIRM else None,
+            chosen=list(entry.get("chosen") or []),
         )
     finally:
         if started_ray:
@@ -355,48 +312,61 @@ def run_study(
             ray.shutdown()
 
 
-def _make_tuner(
-    config: StudyConfig, *, resume: bool, tune_name: str, storage_path: str, tracker: Tracker,
-    experiment_id: str, parent_run_id: str, commit: str | None, hooks: dict[str, Any] | None, log: Log,
-) -> tuple[int, Any]:
-    from study.trial import run_trial
-
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables would drown our lines
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    r = config.resources
-    trainable = tune.with_resources(run_trial, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
-    expected = len(grid_trials(config)) if config.search.kind == "grid" else config.search.num_samples
+def _run_search(ctx: StageContext, tune_name: str, *, resume: bool) -> bool:
+    config = ctx.config
+    expected = search_trial_count(config)
     if resume:
-        tuner = tune.Tuner.restore(_join(storage_path, tune_name), trainable=trainable,
-                                   resume_unfinished=True, resume_errored=True)
-        return expected, tuner
-
-    tracking = {"uri": tracker.tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id}
-    param_space: dict[str, Any] = {"study": _study_constants(config, tracking, commit, hooks)}
-    search_alg = None
+        return fit(restore(ctx, tune_name), expected)
+    search_alg, num_samples = None, 1
+    param_space: dict[str, Any] = {"study": constants(ctx, rf.STAGE_SEARCH)}
     if config.search.kind == "grid":
         param_space["trial"] = tune.grid_search([t.as_dict() for t in grid_trials(config)])
-        num_samples = 1
     else:
         search_alg = make_searcher(config, config.output_path, tune_name)
-        num_samples = config.search.num_samples
-    log(f"study {config.name}: {expected} trials ({config.search.kind}), Tune experiment "
-        f"{_join(storage_path, tune_name)}, MLflow {tracker.tracking_uri} (experiment {config.experiment_name!r})")
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=search_alg, scheduler=make_scheduler(config), num_samples=num_samples,
-            max_concurrent_trials=max_concurrent(config), reuse_actors=True,
-            trial_dirname_creator=trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=tune_name,
-            storage_path=storage_path,
-            failure_config=tune.FailureConfig(max_failures=r.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=r.checkpoints_to_keep),
-            callbacks=[StudyCallback(tracker, experiment_id, parent_run_id, expected)],
-            verbose=0,
-        ),
-    )
-    return expected, tuner
+        num_samples = expected
+    stage = " search stage:" if config.confirm is not None else ""
+    ctx.log(f"study {config.name}:{stage} {expected} trials ({config.search.kind}), Tune experiment "
+            f"{_join(ctx.storage_path, tune_name)}, MLflow {ctx.tracker.tracking_uri} "
+            f"(experiment {config.experiment_name!r})")
+    tuner = make_tuner(ctx, tune_name, param_space, expected, search_alg=search_alg, num_samples=num_samples,
+                   scheduler=make_scheduler(config), max_concurrent_trials=max_concurrent(config))
+    return fit(tuner, expected)
+
+
+def _begin_confirm(ctx: StageContext, confirm_name: str) -> dict[str, Any]:
+    """Choose each method's configuration from the search runs: the state entry's new fields."""
+    from study.stages import choose_configurations
+
+    choices = choose_configurations(ctx.config, ctx.tracker.tracking_uri, ctx.parent_run_id, ctx.log)
+    for choice in choices:
+        ctx.log(f"confirm: {choice.describe()}")
+    return {"stage": rf.STAGE_CONFIRM, "confirm_tune_name": confirm_name,
+            "chosen": [choice.as_dict() for choice in choices]}
+
+
+def _run_confirm(ctx: StageContext, confirm_name: str, specs: list[TrialSpec], *, resume: bool) -> bool:
+    if not specs:
+        ctx.log("confirm stage: no method has a configuration to confirm")
+        return True
+    path = _join(ctx.storage_path, confirm_name)
+    if resume and tune.Tuner.can_restore(path):
+        return fit(restore(ctx, confirm_name), len(specs))
+    if resume:  # it stopped before Tune saved its state: runs Tune cannot continue would be duplicates
+        _discard_confirm_runs(ctx)
+    seeds = sorted({s for spec in specs for s in spec.seeds})
+    ctx.log(f"study {ctx.config.name}: confirm stage: {len(specs)} trials (each chosen configuration on seeds "
+            f"{seeds}), Tune experiment {path}")
+    param_space = {"study": constants(ctx, rf.STAGE_CONFIRM),
+                   "trial": tune.grid_search([spec.as_dict() for spec in specs])}
+    tuner = make_tuner(ctx, confirm_name, param_space, len(specs), label="confirm ",
+                   max_concurrent_trials=ctx.config.resources.max_concurrent_trials)
+    return fit(tuner, len(specs))
+
+
+def _discard_confirm_runs(ctx: StageContext) -> None:
+    for run in ctx.tracker.find_runs(ctx.experiment_id, {rf.TAG_PARENT_RUN: ctx.parent_run_id,
+                                                         rf.TAG_STAGE: rf.STAGE_CONFIRM}):
+        ctx.log(f"deleting confirm run {run.info.run_id}: its Tune trial was never saved")
+        ctx.tracker.call(ctx.tracker.client.delete_run, run.info.run_id)
+
+

@@ -1,5 +1,6 @@
 """The study file: its validated schema, YAML loading, ``--set`` overrides, errors that name
-the field, and the checks against the registries.
+the field, and the checks against the registries. (One concept, the study file, over 400
+lines: every section and every check of a field lives next to its definition.)
 
 A study is one YAML file. Every field has a default that works on a laptop, so the smallest
 study file is ``{}``. Unknown fields are errors that name the field and the valid ones, and
@@ -13,6 +14,13 @@ fields of the global ``train`` block for that method's trials only (``sparse-vd:
 {optimizer: adam, lr: 1.0e-3}}``). It is not searched; no method parameter may be called
 ``train``; and it may not set ``target_error``: every method is compared at the study's one
 target (``train.target_error``), which the report's selection uses.
+
+Two sections shape a fair comparison: ``search.budget_per_method`` (every method searched with
+the same number of configurations; grids of other sizes are rejected by
+:func:`study.plan.check_budgets` unless ``search.allow_unequal``) and ``confirm.seeds`` (the
+chosen configurations retrained on fresh seeds, none of them a search seed; see
+:mod:`study.stages`). In a multi-objective search ASHA judges every objective by Pareto rank
+(:mod:`study.pareto_asha`), so ``scheduler.metric`` is refused there.
 """
 from __future__ import annotations
 
@@ -30,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from study import runformat as rf
 from study.options import check_options, option_defaults
-from study.plan import method_spaces
+from study.plan import check_budgets, method_spaces
 from study.preflight import check_device_name, check_phases
 from study.settings import ARCH, AUTO, DATASET, DEVICE_HELP, STUDY_AXES, VAL_FRACTION, TrainConfig
 
@@ -157,10 +165,16 @@ class Objective(_Section):
 class SearchSettings(_Section):
     kind: Literal["grid", "optuna"] = "grid"
     sampler: Literal["tpe", "nsga2"] = "tpe"
-    num_samples: int = Field(8, ge=1, description="Optuna: configurations to sample")
+    num_samples: int = Field(8, ge=1, description="Optuna: configurations to sample (in all; budget_per_method "
+                             "replaces it)")
     objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)
     seed: int = Field(0, description="the sampler's seed")
     population_size: int | None = Field(None, ge=2, description="NSGA-II population (default 50)")
+    budget_per_method: int | None = Field(
+        None, ge=1, description="equal budgets: every method searched with this many configurations (grid: "
+        "each method's grid size must be this; optuna: one Optuna study per method, this many samples each); "
+        "a method without parameters (none) is exempt and trains its one configuration")
+    allow_unequal: bool = Field(False, description="grid with budget_per_method: run grids of different sizes")
 
     @field_validator("objectives")
     @classmethod
@@ -170,10 +184,37 @@ class SearchSettings(_Section):
             raise ValueError(f"objectives repeat a metric: {names}")
         return value
 
+    @model_validator(mode="after")
+    def _budget_options(self) -> SearchSettings:
+        # num_samples is not checked against budget_per_method, which replaces it: a validated
+        # study (study.yaml on the parent run) holds both and must validate again
+        if self.allow_unequal and self.budget_per_method is None:
+            raise ValueError("search.allow_unequal only applies with search.budget_per_method")
+        return self
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+
+class ConfirmSettings(_Section):
+    """The confirm stage: after the search, each method's configuration chosen by the report's
+    validation selection rule is retrained on these fresh seeds (tagged ``study.stage=confirm``)."""
+
+    seeds: list[int] = Field(min_length=1, description="fresh seeds, none of them a search seed")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds repeat: {value}")
+        return value
+
 
 class SchedulerSettings(_Section):
     kind: Literal["none", "asha"] = "none"
-    metric: str | None = Field(None, description="default: the first objective")
+    metric: str | None = Field(None, description="one objective: default the search's; several objectives: "
+                               "not allowed, ASHA ranks trials by Pareto rank over all of them")
     mode: Literal["min", "max"] | None = None
     grace_period: int = Field(3, ge=1, description="epochs every trial runs before it can be stopped")
     reduction_factor: float = Field(3.0, ge=2)
@@ -216,6 +257,8 @@ class StudyConfig(_Section):
     model: ModelSettings = Field(default_factory=ModelSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    confirm: ConfirmSettings | None = Field(None, description="retrain each method's chosen configuration on "
+                                            "fresh seeds after the search")
     resources: ResourceSettings = Field(default_factory=ResourceSettings)
     output_dir: str | None = Field(None, description="default runs/<name>, relative to the working directory")
     storage_path: str | None = Field(
@@ -257,6 +300,15 @@ class StudyConfig(_Section):
         return value
 
     @model_validator(mode="after")
+    def _fresh_confirm_seeds(self) -> StudyConfig:
+        if self.confirm is not None:
+            reused = sorted(set(self.confirm.seeds) & set(self.seeds))
+            if reused:
+                raise ValueError(f"confirm.seeds {self.confirm.seeds} reuse the search seeds {self.seeds} "
+                                 f"({', '.join(map(str, reused))}): confirm on fresh seeds")
+        return self
+
+    @model_validator(mode="after")
     def _check_registries(self) -> StudyConfig:
         check_registries(self)
         return self
@@ -286,6 +338,8 @@ class StudyConfig(_Section):
 
     @property
     def scheduler_objective(self) -> Objective:
+        """The one metric ASHA judges in a single-objective search (a multi-objective search's
+        ASHA ranks trials by Pareto rank over every objective: :mod:`study.pareto_asha`)."""
         first = self.search.objectives[0]
         metric = self.scheduler.metric or first.metric
         mode = self.scheduler.mode or (first.mode if metric == first.metric else "min")
@@ -361,6 +415,7 @@ def check_registries(config: StudyConfig) -> None:
         defaults = {**option_defaults(models.MODELS[name]), **models.COMMON_OPTIONS}
         check_options(f"model.options.{name}", defaults, dict(options or {}))
     spaces = method_spaces(config)
+    check_budgets(config, spaces)
     for method in config.methods:
         own = config.method_train(method)
         where = f"methods.{method}.train.device" if "device" in own else "train.device"
@@ -374,6 +429,12 @@ def check_registries(config: StudyConfig) -> None:
             )
         if config.search.sampler == "nsga2" and len(config.search.objectives) < 2:
             raise ValueError("search.sampler nsga2 is a multi-objective sampler: give two or more objectives")
+    if config.scheduler.kind == "asha" and config.search.multi_objective and (
+            config.scheduler.metric is not None or config.scheduler.mode is not None):
+        objectives = ", ".join(o.metric for o in config.search.objectives)
+        raise ValueError(f"scheduler.metric/mode: in a multi-objective search ({objectives}) ASHA judges every "
+                         f"objective by Pareto rank, so that it never stops a trial on the front; leave "
+                         f"scheduler.metric and scheduler.mode unset")
     if config.scheduler.kind == "asha" and config.scheduler.metric is not None:
         Objective(metric=config.scheduler.metric)  # known metric?
 
@@ -436,9 +497,11 @@ def _valid_fields(loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         info = model.model_fields.get(str(part))
         annotation = getattr(info, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        # an optional section (confirm: ConfirmSettings | None) names the model's fields too
+        options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        if not (len(options) == 1 and isinstance(options[0], type) and issubclass(options[0], BaseModel)):
             return []
-        model = annotation
+        model = options[0]
     return list(model.model_fields)
 
 

@@ -11,7 +11,8 @@ restarts the trial (a crash, ``study run --resume``).
 The Tune config of a trial (built by :mod:`study.runner`)::
 
     {"trial": {"method", "arch", "dataset", "seeds": [..], "params": {..}, "train": {..}},
-     "study": {"name", "config_hash", "git_commit", "train": {..}, "data": {..},
+     "study": {"name", "config_hash", "git_commit", "stage" (search | confirm: the trial's runs'
+               study.stage tag), "train": {..}, "data": {..},
                "model": {..}, "cpus_per_trial", "checkpoint": {"every", "seconds"},
                "tracking": {"uri", "experiment_id", "parent_run_id"} or None, "hooks": {..}}}
 
@@ -199,6 +200,7 @@ class SeedRun:
                 rf.TAG_STATUS: rf.RUNNING,
                 rf.TAG_ATTEMPTS: "1",
                 rf.TAG_DEVICE: device,
+                rf.TAG_STAGE: trial.study.get("stage", rf.STAGE_SEARCH),
             }
             if trial.study.get("git_commit"):
                 tags[rf.TAG_GIT_COMMIT] = trial.study["git_commit"]

@@ -60,6 +60,18 @@ def test_empty_study_has_working_defaults(tmp_path: Path, monkeypatch: pytest.Mo
     ({"methods": {"l0": {"train": "adam"}}}, "methods.l0.train: expected a mapping"),
     ({"methods": {"l0": {"train": {"target_error": 3.0}}}},
      "methods.l0.train.target_error: every method is compared at the study's one target"),
+    ({"seeds": [0, 1], "confirm": {"seeds": [1, 2]}},
+     "confirm.seeds [1, 2] reuse the search seeds [0, 1] (1): confirm on fresh seeds"),
+    ({"confirm": {"seeds": [3, 3]}}, "confirm.seeds: seeds repeat: [3, 3]"),
+    ({"confirm": {"seeds": []}}, "confirm.seeds"),
+    ({"confirm": {"seeds": [3], "rounds": 2}}, "unknown field 'confirm.rounds'; valid: seeds"),
+    ({"search": {"budget_per_method": 0}}, "search.budget_per_method"),
+    ({"search": {"allow_unequal": True}}, "search.allow_unequal only applies with search.budget_per_method"),
+    ({"search": {"kind": "optuna", "budget_per_method": 4}, "methods": {"l1": {"lam": 1e-4}}},
+     "methods.l1: every parameter is fixed, so search.budget_per_method (4) would train its one configuration"),
+    ({"search": {"kind": "optuna", "objectives": [{"metric": "val_error"}, {"metric": "compression", "mode": "max"}]},
+      "scheduler": {"kind": "asha", "metric": "val_error"}},
+     "scheduler.metric/mode: in a multi-objective search (val_error, compression) ASHA judges every objective"),
 ])
 def test_mistakes_are_one_error_naming_the_field(raw: dict, message: str) -> None:
     with pytest.raises(ValueError) as info:
@@ -118,6 +130,56 @@ def test_grid_expands_methods_parameters_and_seeds() -> None:
     rows = {r.method: r for r in plan(config)}
     assert (rows["l1"].configurations, rows["l1"].seeds, rows["l1"].trials) == (6, 2, 12)
     assert "grid search: 14 trials" in describe_plan(config)
+
+
+def test_equal_grid_budgets_are_enforced_naming_each_methods_grid_size() -> None:
+    methods = {"none": {}, "decay": {"lam": [1e-3, 2e-3], "threshold": [1e-2, 3e-2]},
+               "sensitivity-spec": {"lam": [1e-3, 2e-3], "threshold": [1e-2, 3e-2]},
+               "weight-decay": {"lam": 1e-2, "threshold": [1e-2, 3e-2]}}
+    with pytest.raises(ValueError) as info:
+        study_from_dict({"methods": methods, "search": {"budget_per_method": 4}})
+    message = str(info.value)
+    assert ("search.budget_per_method is 4 but the methods' grid sizes are decay 4, sensitivity-spec 4, "
+            "weight-decay 2 (none: exempt, no parameters to search); give every method 4 configurations or "
+            "set search.allow_unequal: true") in message
+    assert "\n" not in message
+    # equal grids pass, and so do unequal ones when allowed; `none` is exempt either way
+    equal = {**methods, "weight-decay": {"lam": [1e-2, 2e-2], "threshold": [1e-2, 3e-2]}}
+    config = study_from_dict({"methods": equal, "seeds": [0, 1], "search": {"budget_per_method": 4}})
+    rows = {r.method: r for r in plan(config)}
+    assert [(rows[m].configurations, rows[m].trials) for m in equal] == [("1*", 2), (4, 8), (4, 8), (4, 8)]
+    text = describe_plan(config)
+    assert "equal budgets: 4 configurations per method;" in text
+    assert "* exempt (no parameters to search): none trains its one configuration" in text
+    allowed = study_from_dict({"methods": methods, "search": {"budget_per_method": 4, "allow_unequal": True}})
+    assert {r.method: r.configurations for r in plan(allowed)}["weight-decay"] == 2
+    assert "search.allow_unequal: the grids differ" in describe_plan(allowed)
+    # a study that does not ask for equal budgets keeps its unequal grids, as before
+    assert len(grid_trials(study_from_dict({"methods": methods}))) == 1 + 4 + 4 + 2
+    # fixing a method's parameters is a budget of one, not an exemption
+    with pytest.raises(ValueError, match=r"grid sizes are decay 1 \(none: exempt"):
+        study_from_dict({"methods": {"none": {}, "decay": {"lam": 1e-3}}, "search": {"budget_per_method": 2}})
+
+
+def test_optuna_budgets_are_per_method_and_the_plan_shows_both_stages() -> None:
+    config = study_from_dict({
+        "methods": {"none": {}, "decay": {"lam": {"low": 1e-4, "high": 1e-2, "log": True}},
+                    "l1": {"lam": [1e-5, 1e-4, 1e-3]}},
+        "seeds": [0, 1], "confirm": {"seeds": [2, 3, 4]}, "train": {"target_error": 5.0},
+        "search": {"kind": "optuna", "budget_per_method": 6},
+    })
+    rows = {r.method: r for r in plan(config)}
+    assert [(rows[m].configurations, rows[m].trials, rows[m].confirm) for m in ("none", "decay", "l1")] == [
+        ("1*", 1, 3), (6, 6, 3), (6, 6, 3)]
+    text = describe_plan(config)
+    assert ("search stage (study.stage=search): optuna search (tpe, seed 0): one Optuna study per method, "
+            "6 sampled configurations each (13 in all)") in text
+    assert ("confirm stage (study.stage=confirm): per method, the configuration the report's selection rule "
+            "picks from the search runs (highest mean compression at validation error <= 5.0%") in text
+    assert "is retrained on seeds [2, 3, 4]: 9 trials, not stopped early" in text
+    assert config.config_hash() != study_from_dict({**config.model_dump(), "confirm": None}).config_hash()
+    # the validated study (the parent run's study.yaml) validates again, as `study report` does
+    assert study_from_dict(parse_yaml(config.to_yaml())) == config
 
 
 def test_a_method_train_block_overrides_the_global_one_for_that_method_only() -> None:
@@ -209,7 +271,7 @@ def test_the_shipped_studies_are_all_there() -> None:
 
 # The methods the quickstart must compare: the method under study and its references. A new
 # method need not join it: adding a method is one file and one registry line.
-QUICKSTART_CORE = {"none", "sensitivity-unspec", "sensitivity-spec", "weight-decay"}
+QUICKSTART_CORE = {"none", "sensitivity-unspec", "sensitivity-spec", "weight-decay", "decay"}
 
 
 def test_quickstart_compares_the_method_with_its_references_on_two_seeds() -> None:
@@ -218,6 +280,20 @@ def test_quickstart_compares_the_method_with_its_references_on_two_seeds() -> No
     assert QUICKSTART_CORE <= set(config.methods) <= set(method_names())
     assert len(config.seeds) >= 2 and len(trials) >= 12
     assert config.datasets == ["digits"] and config.archs == ["lenet300"] and config.train.epochs <= 20
+
+
+def test_quickstart_gives_equal_budgets_and_confirms_on_fresh_seeds() -> None:
+    """The matched comparison: the sensitivity methods and their control decay search the same
+    grid of (λ, T), every method the same number of configurations, then confirm."""
+    config = load_study(CONFIGS / "quickstart.yaml")
+    budget = config.search.budget_per_method
+    assert budget is not None and not config.search.allow_unequal
+    rows = {r.method: r for r in plan(config)}
+    assert all(rows[m].configurations == budget for m in config.methods if m != "none")
+    spaces = {m: config.method_params(m) for m in ("decay", "sensitivity-unspec", "sensitivity-spec")}
+    assert spaces["decay"] == spaces["sensitivity-unspec"] == spaces["sensitivity-spec"]
+    assert config.confirm is not None and len(config.confirm.seeds) >= 2
+    assert config.train.target_error is not None  # the selection's and the matched comparison's target
 
 
 @pytest.mark.parametrize("method", method_names())
@@ -231,7 +307,8 @@ def test_every_registered_method_runs_in_a_study_with_its_defaults(method: str) 
 
 def test_validate_with_set_and_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     quick = str(CONFIGS / "quickstart.yaml")
-    assert cli.main(["validate", quick, "--set", "seeds=[0, 1, 2]", "--set", "methods.l1.lam=[1e-5, 1e-4]"]) == 0
+    assert cli.main(["validate", quick, "--set", "seeds=[0, 1, 2]", "--set", "confirm.seeds=[3, 4]", "--set",
+                     "search.allow_unequal=true", "--set", "methods.l1.lam=[1e-5, 1e-4]"]) == 0
     out = capsys.readouterr().out
     assert "l1                  2        3      6" in out
     assert cli.main(["validate", quick, "--set", "train.epoch=3"]) == 2

@@ -1,0 +1,177 @@
+"""The Tune experiment of one stage of a study: the trainable, a new or restored Tuner, the
+trials' shared constants (with the stage their runs are tagged with), and the driver-side
+callback that prints one line per ended trial and closes the MLflow runs a trial could not.
+
+:mod:`study.runner` decides which stages run; this module builds each one's Tuner.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ray import tune
+
+from study import runformat as rf
+from study.schema import StudyConfig
+from study.tracking import Tracker
+
+Log = Callable[[str], None]
+
+
+def to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def experiment_path(storage_path: str, name: str) -> str:
+    """A Tune experiment's location: a local path or a URI (s3://..., gs://...)."""
+    return f"{storage_path.rstrip('/')}/{name}"
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folders: the generated names hold the whole config and grow too long."""
+    spec = trial.config.get("trial") or {}
+    return f"{spec.get('method', 'trial')}-{trial.trial_id}"
+
+
+class StudyCallback(tune.Callback):
+    """Prints one line per ended trial and closes MLflow runs the trial could not close
+    itself: stopped by the scheduler (``pruned``) or dead for good (``failed``)."""
+
+    def __init__(self, tracker: Tracker, experiment_id: str, parent_run_id: str, total: int,
+                 label: str = "") -> None:
+        self.tracker, self.experiment_id, self.parent_run_id = tracker, experiment_id, parent_run_id
+        self.total, self.ended, self.label = total, 0, label
+
+    def _close_open_runs(self, trial: Any, status: str, mlflow_status: str) -> None:
+        runs = self.tracker.find_runs(
+            self.experiment_id, {rf.TAG_TUNE_TRIAL_ID: trial.trial_id, rf.TAG_PARENT_RUN: self.parent_run_id}
+        )
+        for run in runs:
+            if run.data.tags.get(rf.TAG_STATUS) == rf.RUNNING:
+                self.tracker.finish(run.info.run_id, status, mlflow_status)
+
+    def _line(self, trial: Any, what: str) -> None:
+        self.ended += 1
+        spec = trial.config.get("trial") or {}
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in (spec.get("params") or {}).items())
+        r = trial.last_result or {}
+        numbers = ""
+        if "val_error" in r:
+            numbers = (f"  epoch {int(r.get('epoch', 0))}, val error {r['val_error']:.2f}%, "
+                       f"compression {r.get('compression', float('nan')):.2f}x")
+        seeds = spec.get("seeds", [])
+        who = f"{spec.get('method', '?')} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+        to_stderr(f"{self.label}[{self.ended}/{self.total}] {who}{' ' + params if params else ''}: {what}{numbers}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        r = trial.last_result or {}
+        try:
+            self._close_open_runs(trial, rf.PRUNED, "FINISHED")
+        except Exception as err:  # tracking trouble must not stop the study
+            to_stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
+        if not r.get("final"):
+            what = rf.PRUNED
+        elif r.get("diverged_seeds"):
+            what = "diverged" if r.get("num_seeds", 1) == 1 else f"finished ({int(r['diverged_seeds'])} seeds diverged)"
+        else:
+            what = rf.FINISHED
+        self._line(trial, what)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        try:
+            self._close_open_runs(trial, rf.FAILED, "FAILED")
+        except Exception as err:
+            to_stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
+        self._line(trial, f"FAILED (see {trial.local_path})")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        to_stderr(f"trial {trial.trial_id} crashed; retrying from its last checkpoint")
+
+
+def study_constants(config: StudyConfig, tracking: dict[str, Any] | None, commit: str | None,
+                     hooks: dict[str, Any] | None, stage: str = rf.STAGE_SEARCH) -> dict[str, Any]:
+    """What every trial of the study shares (the ``study`` part of a trial's config)."""
+    return {
+        "name": config.name,
+        "config_hash": config.config_hash(),
+        "git_commit": commit,
+        "stage": stage,
+        "train": config.train.model_dump(mode="json"),
+        "data": config.data.model_dump(mode="json"),
+        "model": config.model.model_dump(mode="json"),
+        "cpus_per_trial": config.resources.cpus_per_trial,
+        "checkpoint": {"every": config.resources.checkpoint_every, "seconds": config.resources.checkpoint_seconds},
+        "tracking": tracking,
+        "hooks": dict(hooks or {}),
+    }
+
+
+@dataclass
+class StageContext:
+    """What both stages of one run of a study share."""
+
+    config: StudyConfig
+    storage_path: str
+    tracker: Tracker
+    experiment_id: str
+    parent_run_id: str
+    commit: str | None
+    hooks: dict[str, Any] | None
+    log: Log
+
+
+def fit(tuner: Any, expected: int) -> bool:
+    """Run a Tuner; whether every expected trial ended (finished, diverged, pruned or failed)."""
+    results = tuner.fit()
+    ended = results.num_terminated + results.num_errors
+    return len(results) >= expected and ended == len(results)
+
+
+def constants(ctx: StageContext, stage: str) -> dict[str, Any]:
+    """The study constants of one stage's trials, with the parent run they log under."""
+    tracking = {"uri": ctx.tracker.tracking_uri, "experiment_id": ctx.experiment_id,
+                "parent_run_id": ctx.parent_run_id}
+    return study_constants(ctx.config, tracking, ctx.commit, ctx.hooks, stage)
+
+
+def trainable(config: StudyConfig) -> Any:
+    """:func:`study.trial.run_trial` with the study's resources per trial."""
+    from study.trial import run_trial
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables would drown our lines
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    r = config.resources
+    return tune.with_resources(run_trial, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
+
+
+def restore(ctx: StageContext, tune_name: str) -> Any:
+    """The Tuner of a stopped stage: finished trials stay finished, the others continue."""
+    return tune.Tuner.restore(experiment_path(ctx.storage_path, tune_name), trainable=trainable(ctx.config),
+                              resume_unfinished=True, resume_errored=True)
+
+
+def make_tuner(ctx: StageContext, tune_name: str, param_space: dict[str, Any], expected: int, *,
+               label: str = "", search_alg: Any = None, num_samples: int = 1, scheduler: Any = None,
+               max_concurrent_trials: int | None = None) -> Any:
+    """A new Tuner for one stage; ``expected`` trials, ``label`` prefixes its progress lines."""
+    r = ctx.config.resources
+    return tune.Tuner(
+        trainable(ctx.config),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+            max_concurrent_trials=max_concurrent_trials, reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=tune_name,
+            storage_path=ctx.storage_path,
+            failure_config=tune.FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=r.checkpoints_to_keep),
+            callbacks=[StudyCallback(ctx.tracker, ctx.experiment_id, ctx.parent_run_id, expected, label)],
+            verbose=0,
+        ),
+    )
