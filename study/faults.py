@@ -10,7 +10,7 @@
 - :func:`trial_error`: the error a failed Tune trial raised, as one line, and whether retrying
   could help: not for :class:`study.trial.SetupError` (missing or damaged data, a bad option, a
   missing device), which ends the study at its first occurrence.
-- :func:`log_to_file`: Ray's, Tune's and MLflow's log records (the tracebacks of failed trials
+- :class:`StudyLog`: Ray's, Tune's and MLflow's log records (the tracebacks of failed trials
   among them) go to the study's log file instead of the terminal.
 """
 from __future__ import annotations
@@ -19,12 +19,14 @@ import contextlib
 import logging
 import os
 import signal
+import sys
+import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
-#: The loggers whose records go to the study's log file while it runs.
-LOGGERS = ("ray", "mlflow")
+#: MLflow's loggers (its SQL migrations log through alembic), captured once it is imported.
+MLFLOW_LOGGERS = ("mlflow", "alembic")
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -36,11 +38,19 @@ class StopControl:
     """
 
     active: ClassVar[StopControl | None] = None  # the driver's, for Tune callbacks
+    #: After a signal, how long the orderly stop may take. A SIGTERM sent to the whole process
+    #: group (systemd, a batch scheduler) also kills Ray's own processes, and Tune then waits a
+    #: minute for them before the process aborts: past this, ``on_stuck`` ends the study's records
+    #: and the process exits 130 (its Tune state is as after a SIGKILL: --resume continues).
+    grace_seconds: ClassVar[float] = 30.0
 
-    def __init__(self) -> None:
+    def __init__(self, log_path: Path | None = None) -> None:
+        self.log_path = log_path  # where the tracebacks go (StudyLog)
         self.interrupted: str | None = None
         self.error: str | None = None
         self.fitting = False
+        self.on_stuck: Callable[[], None] | None = None  # set once there are records to end
+        self._done = threading.Event()
         self._previous: dict[int, Any] = {}
         self._env: str | None = None
 
@@ -60,6 +70,7 @@ class StopControl:
             signal.signal(sig, self._on_signal)
 
     def __exit__(self, *exc: Any) -> None:
+        self._done.set()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         if self._env is None:
@@ -84,7 +95,18 @@ class StopControl:
         if self.interrupted:  # the second one: stop now
             raise KeyboardInterrupt
         self.interrupted = signal.Signals(signum).name
+        threading.Thread(target=self._watch, name="study-stop-watch", daemon=True).start()
         self._stop_tune()
+
+    def _watch(self) -> None:
+        if self._done.wait(self.grace_seconds):
+            return
+        if self.on_stuck is not None:
+            with contextlib.suppress(Exception):
+                self.on_stuck()
+        print(f"interrupted: Ray did not stop within {self.grace_seconds:g}s (it was killed too?); the study's "
+              f"runs are marked; continue with `study run <the study file> --resume`", file=sys.stderr, flush=True)
+        os._exit(130)
 
     def stop(self, error: str) -> None:
         """Stop the study because of ``error`` (one line), the way a signal does."""
@@ -113,13 +135,16 @@ def trial_error(trial: Any) -> tuple[str, bool]:
     """The error a failed Tune trial raised, as one line, and whether a retry could help."""
     from study.trial import SetupError
 
-    try:
-        error = trial.get_pickled_error()
-    except Exception:  # an error Tune could not keep
-        error = None
-    if error is None:
-        text = trial.get_error() or "unknown error"
-        return " ".join(str(text).split())[-300:], True
+    error, text = None, "unknown error"
+    with contextlib.suppress(Exception):  # Tune writes them on the driver, where the callbacks run
+        if trial.pickled_error_file and Path(trial.pickled_error_file).is_file():
+            import cloudpickle
+
+            error = cloudpickle.loads(Path(trial.pickled_error_file).read_bytes())
+        elif trial.error_file and Path(trial.error_file).is_file():
+            text = Path(trial.error_file).read_text().strip().splitlines()[-1]
+    if error is None:  # an error Tune could not pickle: the last line of its text
+        return " ".join(text.split())[:300], True
     cause = getattr(error, "cause", None) or error  # a RayTaskError holds the trial's own error
     if isinstance(cause, SetupError):
         return str(cause), False
@@ -129,26 +154,39 @@ def trial_error(trial: Any) -> tuple[str, bool]:
 # -- the log file ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def log_to_file(path: Path) -> Iterator[Path]:
-    """Send the records of :data:`LOGGERS` to ``path`` (appended) instead of the terminal."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    saved = []
-    for name in LOGGERS:
-        logger = logging.getLogger(name)
-        saved.append((logger, list(logger.handlers), logger.propagate))
-        for old in list(logger.handlers):
-            logger.removeHandler(old)
-        logger.addHandler(handler)
-        logger.propagate = False
-    try:
-        yield path
-    finally:
-        for logger, handlers, propagate in saved:
-            logger.removeHandler(handler)
-            for old in handlers:
-                logger.addHandler(old)
+class StudyLog:
+    """The study's log file: while it is open, the records of the loggers it captures (and
+    Python's warnings) go there, appended, instead of to the terminal. ``capture`` a library's
+    loggers after importing it: MLflow replaces its handlers when it is imported."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handler: logging.Handler | None = None
+        self._saved: dict[str, tuple[list[logging.Handler], bool]] = {}
+
+    def __enter__(self) -> StudyLog:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handler = logging.FileHandler(self.path, encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.captureWarnings(True)
+        self.capture("ray", "py.warnings")
+        return self
+
+    def capture(self, *names: str) -> None:
+        assert self._handler is not None, "capture() inside the with block"
+        for name in names:
+            logger = logging.getLogger(name)
+            if name not in self._saved:
+                self._saved[name] = (list(logger.handlers), logger.propagate)
+            logger.handlers = [self._handler]
+            logger.propagate = False
+
+    def __exit__(self, *exc: Any) -> None:
+        for name, (handlers, propagate) in self._saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers = handlers
             logger.propagate = propagate
-        handler.close()
+        self._saved.clear()
+        logging.captureWarnings(False)
+        if self._handler is not None:
+            self._handler.close()

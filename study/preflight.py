@@ -176,16 +176,16 @@ def check_study(config: StudyConfig, address: str | None = None) -> list[str]:
             check_device(config.effective_train(method).device, where)
         _check_gpus(config)
     spaces = method_spaces(config)
+    thresholds = {method: _largest_threshold(method, space) for method, space in spaces.items()}
     largest: dict[tuple[str, str], float] = {}
-    for dataset in config.datasets:
+    for dataset in config.datasets if any(thresholds.values()) else ():  # no threshold: nothing to build
         for arch in config.archs:
             model_options = dict(config.model.options.get(arch) or {})
             if not in_process:
                 model_options.pop("pretrained", None)  # its path is the nodes'
             model = _built_model(arch, dataset, dict(config.data.options.get(dataset) or {}), model_options)
             largest[dataset, arch] = largest_initial_weight(model)
-    for method, method_space in spaces.items():
-        threshold = _largest_threshold(method, method_space)
+    for method, threshold in thresholds.items():
         for (dataset, arch), value in largest.items():
             warning = threshold_warning(threshold, value, f"methods.{method}.threshold", f"{arch} on {dataset}")
             if warning:
