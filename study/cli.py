@@ -138,10 +138,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_device(args.device, "--device")
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{**settings, "device": choose_device(args.device)})
-    problem = phase_error(args.method, method_params, config.epochs, config.reach_epochs, config.target_error,
-                          ("--epochs", "--reach-epochs", "--target-error"))
-    if problem:
-        raise ValueError(problem)
     seed_everything(args.seed)
     bundle = data_registry.load_dataset(
         args.dataset, root=args.data_root, val_fraction=args.val_fraction, seed=args.seed,
@@ -149,6 +145,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     ).to(config.device)
     model = models.build_model(args.arch, bundle.input_shape, bundle.num_classes, model_options)
     method = build_method(args.method, method_params, method_context(bundle, config))
+    problem = phase_error(args.method, method_params, config.epochs, config.reach_epochs, config.target_error,
+                          ("--epochs", "--reach-epochs", "--target-error"))
+    if problem:
+        raise ValueError(problem)
     warning = threshold_warning(getattr(method.params, "threshold", None), largest_initial_weight(model),
                                 "--param threshold", args.arch)
     if warning:
@@ -493,8 +493,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
     import threading
 
-    from rich.markup import escape
-
     parser = build_parser()
     args = parser.parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -502,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as err:
+        from rich.markup import escape
+
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         console.print(f"[red]error:[/] {escape(' '.join(str(message).split()))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
