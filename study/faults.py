@@ -169,7 +169,7 @@ class StudyLog:
         self._handler = logging.FileHandler(self.path, encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.captureWarnings(True)
-        self.capture("ray", "py.warnings")
+        self.capture("py.warnings")
         return self
 
     def capture(self, *names: str) -> None:

@@ -313,7 +313,8 @@ def run_study(
         started_ray = False
         try:
             try:
-                started_ray = init_ray(config, address)
+                started_ray = init_ray(config, address)  # its one line (started, or joined) stays on the terminal
+                study_log.capture("ray")
                 stop.arm()  # ray.init installs its own SIGTERM handler
                 check_resources(config)
                 tracker, experiment_id, commit, parent_run_id = store.result()
