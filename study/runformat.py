@@ -180,6 +180,10 @@ STAGES: tuple[str, ...] = (STAGE_SEARCH, STAGE_CONFIRM)
 
 # -- params --------------------------------------------------------------------------------------
 METHOD = "method"
+#: A study may train one registered method under several settings side by side, each its own
+#: row in the report: ``methods: {sensitivity-spec: {...}, sensitivity-spec@sum: {aggregate:
+#: sum}}``. The ``method`` param is that whole name; the part before ``@`` is the registered one.
+VARIANT_SEP = "@"
 ARCH = "arch"
 DATASET = "dataset"
 SEED = "seed"
@@ -193,6 +197,14 @@ SEED_PARAMS: tuple[str, ...] = (SEED, f"{TRAIN_PREFIX}seed")
 NON_CONFIG_PARAMS: tuple[str, ...] = (f"{TRAIN_PREFIX}device",)
 #: The parent run's params (``study.<key>``).
 STUDY_PARAM_PREFIX = "study."
+
+
+
+def split_variant(method: str) -> tuple[str, str]:
+    """``"sensitivity-spec@sum"`` → ``("sensitivity-spec", "sum")``; no variant → ``(method, "")``."""
+    base, _, variant = method.partition(VARIANT_SEP)
+    return base, variant
+
 
 # -- artifacts -----------------------------------------------------------------------------------
 STUDY_YAML = "study.yaml"
