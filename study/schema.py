@@ -128,6 +128,11 @@ class DataSettings(_Section):
     download: bool = False
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per data set name")
 
+    @property
+    def resolved_root(self) -> str | None:
+        """``root`` made absolute against the working directory (None: the loader's default)."""
+        return str(Path(self.root).expanduser().resolve()) if self.root else None
+
 
 class ModelSettings(_Section):
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per architecture name")
