@@ -7,7 +7,8 @@
   selected point and the target: the quantities the selection rule reads.
 - ``operating_points_figure``: the reporting view. Each method's selected point, test error and
   compression with ±1 std over seeds, one row per method; "none selected" rows say so.
-- ``layer_profile_figure``: remaining % per layer at each selected point, as dots.
+- ``layer_profile_figure``: remaining % per layer at each selected point, as dots; below it the
+  neurons left per layer, when the runs counted them.
 - ``training_curves_figure``: one panel per method, the phase change marked.
 - ``sensitivity_figure``: per sensitivity method, the epoch-mean S per layer on an axis that
   shows zeros at 0, and the shares of weights with S ≥ 1 and with S = 0.
@@ -207,12 +208,45 @@ def operating_points_figure(selected: pd.DataFrame, reference: pd.DataFrame,
 
 
 # -- the layer profile ------------------------------------------------------------------------------
-def layer_profile_figure(selected: pd.DataFrame, layers: Sequence[str], *,
-                         title: str = "") -> Figure | None:
+def has_neuron_profile(selected: pd.DataFrame, layers: Sequence[str]) -> bool:
+    """Whether the selected points carry ``neurons.<layer>`` means (runs that counted them)."""
+    cols = [f"{rf.neurons_key(layer)}_mean" for layer in layers]
+    return bool(layers) and all(c in selected.columns for c in cols) and \
+        selected[cols].notna().to_numpy().any()
+
+
+def _profile_dots(ax, chosen: pd.DataFrame, methods: list[str], layers: Sequence[str], key,
+                  colors: Mapping[str, str], markers: Mapping[str, str], label: bool) -> np.ndarray:
+    """One dot per method and layer, ±1 std over seeds, side by side within each layer; returns
+    the values drawn (for the axis)."""
+    x = np.arange(len(layers))
+    offsets = np.linspace(-0.3, 0.3, len(methods)) if len(methods) > 1 else np.zeros(1)
+    drawn = []
+    for off, m in zip(offsets, methods):
+        row = chosen[chosen["method"] == m].iloc[0]
+        ys = np.array([float(row.get(f"{key(layer)}_mean", np.nan)) for layer in layers])
+        errs = nan0([float(row.get(f"{key(layer)}_std", np.nan)) for layer in layers])
+        lower = np.minimum(errs, ys * 0.95)  # a log axis has no room below zero
+        ax.plot(x + off, ys, "-", color=colors[m], lw=0.7, alpha=0.45, zorder=2)
+        ax.errorbar(x + off, ys, yerr=[lower, errs], fmt=markers[m], color=colors[m], ms=6,
+                    mec="black", mew=0.5, capsize=2, elinewidth=0.9, zorder=3,
+                    label=method_label(m) if label else None)
+        drawn.append(ys)
+    for edge in x[:-1] + 0.5:
+        ax.axvline(edge, color="0.85", lw=0.8, zorder=0)
+    ax.grid(axis="x", visible=False)
+    return np.concatenate(drawn) if drawn else np.array([])
+
+
+def layer_profile_figure(selected: pd.DataFrame, layers: Sequence[str], *, title: str = "",
+                         widths: Mapping[str, float] | None = None) -> Figure | None:
     """Remaining weights per layer (%, log y) for each method at its selected operating point,
     ±1 std over seeds: dots, side by side within each layer (a dot's position is its value;
     a bar's length would mean nothing on a log axis). Methods without a selected point are
-    listed in the legend as "none selected"."""
+    listed in the legend as "none selected".
+
+    When the runs counted neurons (``neurons.<layer>``), a second panel below shows the units
+    left in each layer (counts, log y), with ``widths`` (the layer's units) as grey dashes."""
     cols = [f"{rf.remaining_key(layer)}_mean" for layer in layers]
     if selected.empty or "met_target" not in selected.columns:
         return None
@@ -223,30 +257,32 @@ def layer_profile_figure(selected: pd.DataFrame, layers: Sequence[str], *,
     unselected = sorted_methods(set(selected["method"]) - set(methods) - {REFERENCE_METHOD})
     colors = method_colors([*methods, *unselected])
     markers = method_markers([*methods, *unselected])
+    neurons = has_neuron_profile(chosen, layers)
     x = np.arange(len(layers))
-    offsets = np.linspace(-0.3, 0.3, len(methods)) if len(methods) > 1 else np.zeros(1)
-    values = chosen[cols].to_numpy(dtype=float)
     with paper_style():
-        fig = Figure(figsize=(max(5.0, 1.15 * len(layers) + 1.5) + 2.6, 3.9))
-        ax = fig.subplots()
-        for off, m in zip(offsets, methods):
-            row = chosen[chosen["method"] == m].iloc[0]
-            ys = np.array([float(row[c]) for c in cols])
-            errs = nan0([float(row.get(f"{rf.remaining_key(l)}_std", np.nan)) for l in layers])
-            lower = np.minimum(errs, ys * 0.95)  # a log axis has no room below zero
-            ax.plot(x + off, ys, "-", color=colors[m], lw=0.7, alpha=0.45, zorder=2)
-            ax.errorbar(x + off, ys, yerr=[lower, errs], fmt=markers[m], color=colors[m], ms=6,
-                        mec="black", mew=0.5, capsize=2, elinewidth=0.9, zorder=3,
-                        label=method_label(m))
+        width = max(5.0, 1.15 * len(layers) + 1.5) + 2.6
+        fig = Figure(figsize=(width, 6.6 if neurons else 3.9), layout="constrained")
+        axes = fig.subplots(2 if neurons else 1, 1, sharex=True, squeeze=False)[:, 0]
+        ax = axes[0]
+        values = _profile_dots(ax, chosen, methods, layers, rf.remaining_key, colors, markers, True)
         zero_aware_log_axis(ax, values)
         ax.set_ylim(top=130)
-        for edge in x[:-1] + 0.5:
-            ax.axvline(edge, color="0.85", lw=0.8, zorder=0)
-        ax.grid(axis="x", visible=False)
-        ax.set_xticks(x, list(layers), rotation=0 if len(layers) <= 8 else 60)
-        ax.set_xlim(-0.5, len(layers) - 0.5)
-        ax.set_xlabel("Layer (input → output)")
         ax.set_ylabel("Remaining weights (%, log scale)")
+        if neurons:
+            low = axes[1]
+            counts = _profile_dots(low, chosen, methods, layers, rf.neurons_key, colors, markers, False)
+            if widths:
+                tops = [float(widths.get(layer, np.nan)) for layer in layers]
+                low.hlines(tops, x - 0.42, x + 0.42, colors="0.55", linestyles="--", lw=1.0, zorder=1,
+                           label="the layer's units")
+                counts = np.concatenate([counts, tops])
+                low.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+            zero_aware_log_axis(low, counts)
+            low.set_ylabel("Remaining neurons (count, log scale)")
+        bottom = axes[-1]
+        bottom.set_xticks(x, list(layers), rotation=0 if len(layers) <= 8 else 60)
+        bottom.set_xlim(-0.5, len(layers) - 0.5)
+        bottom.set_xlabel("Layer (input → output)")
         handles, labels = ax.get_legend_handles_labels()
         for m in unselected:
             handles.append(Line2D([], [], ls="", marker=markers[m], color=colors[m], mfc="none"))

@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis.runs import FLAG_STATUSES, TRIAL_INFO_COLUMNS, UNKNOWN_PHASE
 from study import runformat as rf
-from study.runformat import KEY_METRICS, REMAINING_PREFIX, SENS_PREFIX, STANDARD_METRICS
+from study.runformat import KEY_METRICS, LAYER_METRIC_PREFIXES, STANDARD_METRICS
 
 #: Columns that describe one trial or one epoch rather than a configuration.
 NOT_CARRIED: frozenset[str] = frozenset({
@@ -30,7 +30,7 @@ CANDIDATE_PHASES: frozenset[str] = frozenset({rf.SPARSIFY, UNKNOWN_PHASE})
 
 def _metric_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns
-            if c in STANDARD_METRICS or c.startswith((REMAINING_PREFIX, SENS_PREFIX))]
+            if c in STANDARD_METRICS or c.startswith(LAYER_METRIC_PREFIXES)]
 
 
 def _phase_of(phases: pd.Series) -> str:

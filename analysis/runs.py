@@ -11,7 +11,8 @@
   ``phase`` (reach, sparsify, or unknown when the trial logged no ``phase_index``) and every
   metric logged at that step;
 - ``layers``: one row per trial × epoch × layer: ``remaining_pct`` (% of the layer's weights
-  left) and, for the sensitivity methods, ``sens_<stat>`` per statistic of
+  left), ``neurons`` (its units left, a count; NaN in studies logged before they were counted)
+  and, for the sensitivity methods, ``sens_<stat>`` per statistic of
   ``runformat.SENS_STATS`` (``sens_q50``, ``sens_frac_zero``, ...).
 
 Studies logged before ``remaining.<layer>`` (a fraction) became ``remaining_pct.<layer>`` (%)
@@ -397,10 +398,10 @@ def _layer_order(client, trials: pd.DataFrame, epochs: pd.DataFrame) -> dict[str
 def _layers_frame(epochs: pd.DataFrame, layer_order: dict[str, list[str]]) -> pd.DataFrame:
     id_cols = [c for c in ("run_id", "trial_id", "status", "config", "method", "arch", "dataset",
                            "seed", "epoch", "phase") if c in epochs.columns]
-    value_cols = [rf.REMAINING_PCT, *SENS_COLUMNS]
+    value_cols = [rf.REMAINING_PCT, rf.NEURONS, *SENS_COLUMNS]
     parts = []
     for layer in _layer_names(epochs.columns):
-        source = {rf.REMAINING_PCT: rf.remaining_key(layer),
+        source = {rf.REMAINING_PCT: rf.remaining_key(layer), rf.NEURONS: rf.neurons_key(layer),
                   **{sens_column(s): rf.sens_key(layer, s) for s in SENS_STATS}}
         present = {k: v for k, v in source.items() if v in epochs.columns}
         part = epochs[id_cols + list(present.values())].rename(

@@ -302,13 +302,22 @@ def _operating_points(doc: Document, part: Slice, fig_dir: Path) -> None:
 
 def _layer_profile(doc: Document, part: Slice, fig_dir: Path) -> None:
     doc.heading(3, "Per-layer pruning profile")
-    fig = figures.layer_profile_figure(part.selected, part.layers,
-                                       title=f"{part.name}: remaining weights per layer")
+    neurons = figures.has_neuron_profile(part.selected, part.layers)
+    # a layer's units: the most any aggregated point had (its first epochs are unpruned)
+    widths = {layer: float(part.agg[f"{rf.neurons_key(layer)}_mean"].max()) for layer in part.layers
+              if f"{rf.neurons_key(layer)}_mean" in part.agg.columns} if neurons else None
+    fig = figures.layer_profile_figure(
+        part.selected, part.layers, widths=widths,
+        title=f"{part.name}: remaining {'weights and neurons' if neurons else 'weights'} per layer")
     text = ("Remaining weights in each layer (%, log scale, ±1 std over seeds) for every method "
             "at its selected operating point, one dot per method, side by side within each "
             "layer, layers in model order from input to output. It shows which layers each method "
             "prunes hardest. Methods listed as \"none selected\" have no operating point that "
             "meets the target.")
+    if neurons:
+        text += (" Below: the neurons left in each layer (its units with a nonzero incoming weight "
+                 "that the next layer still reads; counts, log scale, ±1 std), the dashes the "
+                 "layer's units.")
     _figure(doc, fig, fig_dir / f"layer_profile_{part.stem}", f"Layer profile, {part.name}", text,
             "No method has an operating point that meets the target yet.",
             hardest_layers(part.selected, part.layers), " Hardest-pruned layer: ")

@@ -2,8 +2,10 @@
 
 One row per method at its operating point (``selection.select_operating_points``), then the
 published numbers of ``configs/literature.yaml`` as rows marked "reported". Columns: remaining
-weights per layer (%), total nonzero weights, memory footprint (kB), compression (×), top-1
-test error (%) as mean ± std over seeds.
+weights per layer (%), total nonzero weights, memory footprint (kB), compression (×), the
+remaining neurons as the L0 and SeReNe papers print them (``64-112-43-10``: the inputs still
+read, then each layer's units left, means over seeds; only when the runs logged them, see
+``study.sparsity``), top-1 test error (%) as mean ± std over seeds.
 
 ``build_table`` makes the numeric frame (written as CSV); ``format_table`` turns it into
 strings; ``to_markdown`` and ``to_latex`` render those strings. ``write_files`` writes any
@@ -20,7 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from study.runformat import remaining_key
+from study import runformat as rf
+from study.runformat import neurons_key, remaining_key
 
 DEFAULT_LITERATURE = Path(__file__).resolve().parents[1] / "configs" / "literature.yaml"
 
@@ -45,12 +48,16 @@ DASH = "—"
 
 
 def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    base, variant = rf.split_variant(method)
+    label = METHOD_LABELS.get(base, base)
+    return f"{label} [{variant}]" if variant else label
 
 
-def method_sort_key(method: str) -> tuple[int, str]:
+def method_sort_key(method: str) -> tuple[int, str, str]:
+    """A variant (``<method>@<label>``) right after its method."""
     order = list(METHOD_LABELS)
-    return (order.index(method) if method in order else len(order), method)
+    base, variant = rf.split_variant(method)
+    return (order.index(base) if base in order else len(order), base, variant)
 
 
 def sorted_methods(methods) -> list[str]:
@@ -100,6 +107,8 @@ def literature_rows(entries: Sequence[dict], arch: str, dataset: str,
             **{remaining_key(layer): _num(remaining.get(layer)) for layer in layers},
             "nonzero": _num(e.get("nonzero")), "memory_kb": _num(e.get("memory_kb")),
             "compression": _num(e.get("compression")),
+            **_neuron_columns(np.nan, [np.nan] * len(layers), layers),
+            rf.ARCHITECTURE: str(e.get(rf.ARCHITECTURE) or ""),
             "test_error": _num(e.get("top1_error")), "test_error_std": np.nan,
             "val_error": np.nan, "target_error": np.nan, "met_target": True,
             "note": "; ".join(notes),
@@ -116,8 +125,20 @@ def _num(value: Any) -> float:
 def table_columns(layers: Sequence[str]) -> list[str]:
     return ["method", "label", "source", "setting", "epoch", "n_seeds",
             *(remaining_key(layer) for layer in layers),
-            "nonzero", "memory_kb", "compression", "test_error", "test_error_std",
-            "val_error", "target_error", "met_target", "note"]
+            "nonzero", "memory_kb", "compression",
+            rf.INPUTS, *(neurons_key(layer) for layer in layers), rf.ARCHITECTURE,
+            "test_error", "test_error_std", "val_error", "target_error", "met_target", "note"]
+
+
+def _neuron_columns(inputs: float, neurons: Sequence[float], layers: Sequence[str]) -> dict[str, float]:
+    return {rf.INPUTS: inputs, **{neurons_key(layer): n for layer, n in zip(layers, neurons)}}
+
+
+def architecture_of(inputs: float, neurons: Sequence[float]) -> str:
+    """The remaining units as a string, or "" when a count is missing (a study logged before
+    the neurons were counted)."""
+    values = [inputs, *neurons]
+    return rf.architecture(inputs, neurons) if values and np.all(np.isfinite(values)) else ""
 
 
 def measured_rows(selected: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
@@ -131,6 +152,7 @@ def measured_rows(selected: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame
             return float(value) * scale if value is not None and not pd.isna(value) else np.nan
 
         target = float(s.get("target_error", np.nan))
+        inputs, neurons = get(f"{rf.INPUTS}_mean"), [get(f"{neurons_key(layer)}_mean") for layer in layers]
         rows.append({
             "method": s["method"], "label": method_label(s["method"]), "source": MEASURED,
             "setting": s.get("setting", "") if met and isinstance(s.get("setting"), str) else "",
@@ -138,6 +160,7 @@ def measured_rows(selected: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame
             **{remaining_key(layer): get(f"{remaining_key(layer)}_mean") for layer in layers},
             "nonzero": get("nonzero_mean"), "memory_kb": get("memory_kb_mean"),
             "compression": get("compression_mean"),
+            **_neuron_columns(inputs, neurons, layers), rf.ARCHITECTURE: architecture_of(inputs, neurons),
             "test_error": get("test_error_mean"), "test_error_std": get("test_error_std"),
             "val_error": get("val_error_mean"), "target_error": target, "met_target": met,
             "note": "" if met else f"no operating point with validation error <= {target:.2f}%",
@@ -197,13 +220,25 @@ def fmt_error(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {std:.2f}" if np.isfinite(std) else f"{mean:.2f}"
 
 
-def display_columns(layers: Sequence[str]) -> list[str]:
+NEURONS_COLUMN = "Neurons"
+
+
+def display_columns(layers: Sequence[str], neurons: bool = False) -> list[str]:
+    """The display columns; ``neurons`` adds the remaining-neurons column after compression."""
     return ["Method", "Source", *(f"{layer} (%)" for layer in layers), "Total nonzero",
-            "Memory (kB)", "Compression (×)", "Top-1 test error (%)", "Setting"]
+            "Memory (kB)", "Compression (×)", *([NEURONS_COLUMN] if neurons else []),
+            "Top-1 test error (%)", "Setting"]
+
+
+def has_neurons(table: pd.DataFrame) -> bool:
+    """Whether any row has a remaining-neurons string (runs that counted them, or a paper)."""
+    return rf.ARCHITECTURE in table.columns and bool(table[rf.ARCHITECTURE].fillna("").astype(str).str.len().any())
 
 
 def format_table(table: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
-    """Strings for display; missing numbers are "—", or "N/A" where a paper gives none."""
+    """Strings for display; missing numbers are "—", or "N/A" where a paper gives none. The
+    Neurons column appears when some row has the counts (``has_neurons``)."""
+    neurons = has_neurons(table)
     rows = []
     for _, r in table.iterrows():
         reported = r["source"] == REPORTED
@@ -227,14 +262,16 @@ def format_table(table: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
             setting = ", ".join(s for s in (r["setting"], epoch, seeds) if s)
         else:
             setting = r["note"]
+        architecture = str(r.get(rf.ARCHITECTURE) or "") if not pd.isna(r.get(rf.ARCHITECTURE)) else ""
         rows.append([
             r["label"], r["source"], *(pct(layer) for layer in layers),
             fmt_count(float(r["nonzero"])), printed(r["memory_kb"], fmt_memory),
             printed(r["compression"], fmt_ratio),
+            *([architecture or missing] if neurons else []),
             printed(r["test_error"], lambda v: fmt_error(v, float(r["test_error_std"]))),
             setting,
         ])
-    return pd.DataFrame(rows, columns=display_columns(layers))
+    return pd.DataFrame(rows, columns=display_columns(layers, neurons))
 
 
 _NUMBER_CELL = re.compile(r"[-+]?[\d.,]+(e[-+]?\d+)?\s*[kM%×]?(\s*±\s*[\d.,]+)?|—|N/A|")
@@ -279,7 +316,8 @@ def to_latex(display: pd.DataFrame, layers: Sequence[str], *, caption: str = "",
     n_layers = len(layers)
     spec = "ll" + "r" * (len(cols) - 2)
     header = ["Method", "Source", *(latex_escape(layer) for layer in layers), "Total",
-              "Memory (kB)", r"$|\theta|/|\theta\neq0|$", r"Top-1 error (\%)"]
+              "Memory (kB)", r"$|\theta|/|\theta\neq0|$",
+              *([NEURONS_COLUMN] if NEURONS_COLUMN in cols else []), r"Top-1 error (\%)"]
     lines = [r"\begin{table}[htbp]", r"\centering", r"\small"]
     lines += _caption_lines(caption, label)
     lines += [r"\begin{tabular}{" + spec + "}", r"\toprule"]
@@ -305,8 +343,10 @@ def table_caption(arch: str, dataset: str, target: float, target_source: str) ->
         f"mean validation error is at most {target:.2f}% (target from {target_source}); test "
         "error is reported as mean ± std over seeds. Remaining weights per layer in %; counts "
         "cover the prunable weights (Linear and Conv weight tensors, biases excluded); memory = "
-        "nonzero × 4 B in kB of 1000 B; compression = |θ|/|θ≠0|. Rows marked reported are "
-        "published numbers (configs/literature.yaml)."
+        "nonzero × 4 B in kB of 1000 B; compression = |θ|/|θ≠0|. Neurons (when counted): the "
+        "input units still read, then each layer's units with a nonzero incoming weight that the "
+        "next layer still reads (mean over seeds). Rows marked reported are published numbers "
+        "(configs/literature.yaml)."
     )
 
 

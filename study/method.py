@@ -52,9 +52,16 @@ class Method:
     name: ClassVar[str] = "base"
     citation: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
+<<<<<<< HEAD
     #: Whether the method does something in the sparsify phase that it does not do in the reach
     #: phase (thresholding, a pruning schedule); False for methods that act alike in both.
     uses_sparsify_phase: ClassVar[bool] = True
+=======
+    #: Whether the method prunes by a magnitude threshold, |w| < T (``ThresholdMethod``), so
+    #: that the training loop's sparsify schedule may choose T (``train.prune_schedule``).
+    #: Methods that prune their own way (Han's magnitude, GMP, L0, sparse VD) leave it False.
+    prunes_by_threshold: ClassVar[bool] = False
+>>>>>>> main
 
     def __init__(self, params: MethodParams, context: MethodContext) -> None:
         self.params = params
@@ -141,17 +148,24 @@ class ThresholdParams(MethodParams):
 class ThresholdMethod(Method):
     """The sensitivity method's procedure with another shrinkage: the subclass shrinks weights
     in both phases (a penalty or an update, strength λ) and, at the end of every sparsify epoch,
-    every prunable weight with |w| < T is zeroed and masked."""
+    every prunable weight with |w| < T is zeroed and masked.
+
+    The training loop may choose T itself (``train.prune_schedule: plateau-bisect``): it then
+    sets ``threshold_each_epoch`` to False and prunes through ``threshold_prune``. The method
+    knows nothing of the schedule."""
 
     Params: ClassVar[type[MethodParams]] = ThresholdParams
     params: ThresholdParams
+    prunes_by_threshold: ClassVar[bool] = True
+    #: Whether ``end_epoch`` prunes |w| < ``params.threshold`` at the end of every sparsify epoch.
+    threshold_each_epoch: bool = True
 
     @classmethod
     def expects_sparsify_phase(cls, params: MethodParams) -> bool:
         return getattr(params, "threshold", 0) > 0  # T = 0: the sparsify phase prunes nothing
 
     def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
-        if phase == "sparsify":
+        if phase == "sparsify" and self.threshold_each_epoch:
             self.threshold_prune(model, self.params.threshold)
 
 

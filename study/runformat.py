@@ -17,15 +17,17 @@ The layout of one study in MLflow:
   written); an interrupted study ends KILLED with ``status=interrupted``;
 - child run per trial (per seed): tags ``mlflow.parentRunId``, ``study.role=trial``,
   ``study.trial_id``, ``study.tune_trial_id``, ``status`` (running, finished, diverged,
-  failed, pruned), ``study.stage`` (search or confirm), ``study.attempts``, ``study.device``; params ``method``, ``arch``,
+  failed, pruned), ``study.stage`` (search or confirm), ``study.attempts``, ``study.device``,
+  ``architecture`` (the remaining units, updated as epochs are logged); params ``method``, ``arch``,
   ``dataset``, ``seed``, every method parameter, ``train.<field>``, ``data.<option>``,
   ``model.<option>``; metrics: every numeric key of each epoch's record with step = epoch
-  (``phase`` as ``phase_index``); artifacts ``layers.csv`` and ``history.csv``.
+  (``phase`` as ``phase_index``; the string ``architecture`` goes to the tag and to
+  ``history.csv``); artifacts ``layers.csv`` and ``history.csv``.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 # -- trial statuses (tag STATUS) ----------------------------------------------------------------
 RUNNING = "running"
@@ -63,11 +65,23 @@ SPARSITY = "sparsity"
 NONZERO = "nonzero"
 MEMORY_KB = "memory_kb"
 EPOCH_SECONDS = "epoch_seconds"
+#: The network's input units still read through a nonzero weight (the first prunable layer's
+#: input features, or channels of a conv): the first number of ``architecture``.
+INPUTS = "inputs"
 #: The metrics every method logs each epoch, in the order frames and files list them.
 STANDARD_METRICS: tuple[str, ...] = (
     TRAIN_LOSS, VAL_LOSS, VAL_ERROR, TEST_LOSS, TEST_ERROR,
-    COMPRESSION, SPARSITY, NONZERO, MEMORY_KB, EPOCH_SECONDS,
+    COMPRESSION, SPARSITY, NONZERO, MEMORY_KB, INPUTS, EPOCH_SECONDS,
 )
+#: The remaining units as a string, ``inputs-neurons.<layer 1>-...-neurons.<layer L>`` (e.g.
+#: ``64-112-43-10``), the form the L0 and SeReNe papers print: a key of every epoch record and
+#: of ``history.csv``, and the trial run's MLflow tag of the same name (the latest logged epoch's
+#: value; MLflow metrics are numbers). Built by :func:`architecture`.
+ARCHITECTURE = "architecture"
+#: ``prune_schedule: plateau-bisect``: the T chosen at a pruning event (0: none was admissible)
+#: and the epoch whose state the run rolled back to; logged only in the epochs that prune.
+PRUNE_THRESHOLD = "prune_threshold"
+PRUNE_FROM_EPOCH = "prune_from_epoch"
 #: A (trial, epoch) point counts only when these are finite numbers.
 KEY_METRICS: tuple[str, ...] = (TEST_ERROR, VAL_ERROR, COMPRESSION)
 #: Metrics a search objective or a scheduler may use (plus ``remaining_pct.<layer>``).
@@ -85,6 +99,13 @@ REMAINING_PREFIX = f"{REMAINING_PCT}."
 #: turns it into ``remaining_pct.<layer>`` (``legacy_remaining``); nothing writes it.
 LEGACY_REMAINING_PREFIX = "remaining."
 SENS_PREFIX = "sens."
+#: Per layer, the output units (rows of a Linear weight, filters of a Conv) still in the network:
+#: with a nonzero incoming weight and, where the next layer reads them, a nonzero outgoing one
+#: (``study.sparsity``). A count, not a share.
+NEURONS = "neurons"
+NEURONS_PREFIX = f"{NEURONS}."
+#: The prefixes of every per-layer metric (``<prefix><layer>`` or ``<prefix><layer>.<stat>``).
+LAYER_METRIC_PREFIXES: tuple[str, ...] = (REMAINING_PREFIX, NEURONS_PREFIX, SENS_PREFIX)
 SENS_STATS: tuple[str, ...] = ("q10", "q50", "q90", "mean", "frac_ge1", "frac_zero")
 
 
@@ -101,16 +122,28 @@ def legacy_remaining(key: str) -> str | None:
     return None
 
 
+def neurons_key(layer: str) -> str:
+    """``fc1`` → ``neurons.fc1``."""
+    return f"{NEURONS_PREFIX}{layer}"
+
+
+def architecture(inputs: float, neurons: Sequence[float]) -> str:
+    """``64, [112, 43, 10]`` → ``64-112-43-10`` (means over seeds are rounded to units)."""
+    return "-".join(f"{v:.0f}" for v in (inputs, *neurons))
+
+
 def sens_key(layer: str, stat: str) -> str:
     """``(fc1, q50)`` → ``sens.fc1.q50``."""
     return f"{SENS_PREFIX}{layer}.{stat}"
 
 
 def layer_of_metric(key: str) -> str | None:
-    """The layer a per-layer metric belongs to (``remaining_pct.fc1``, ``sens.fc1.q50`` → ``fc1``),
-    else None."""
+    """The layer a per-layer metric belongs to (``remaining_pct.fc1``, ``neurons.fc1``,
+    ``sens.fc1.q50`` → ``fc1``), else None."""
     if key.startswith(REMAINING_PREFIX):
         return key[len(REMAINING_PREFIX):]
+    if key.startswith(NEURONS_PREFIX):
+        return key[len(NEURONS_PREFIX):]
     if key.startswith(SENS_PREFIX) and key.rsplit(".", 1)[-1] in SENS_STATS:
         return key[len(SENS_PREFIX):].rsplit(".", 1)[0]
     return None
@@ -147,6 +180,10 @@ STAGES: tuple[str, ...] = (STAGE_SEARCH, STAGE_CONFIRM)
 
 # -- params --------------------------------------------------------------------------------------
 METHOD = "method"
+#: A study may train one registered method under several settings side by side, each its own
+#: row in the report: ``methods: {sensitivity-spec: {...}, sensitivity-spec@sum: {aggregate:
+#: sum}}``. The ``method`` param is that whole name; the part before ``@`` is the registered one.
+VARIANT_SEP = "@"
 ARCH = "arch"
 DATASET = "dataset"
 SEED = "seed"
@@ -160,6 +197,14 @@ SEED_PARAMS: tuple[str, ...] = (SEED, f"{TRAIN_PREFIX}seed")
 NON_CONFIG_PARAMS: tuple[str, ...] = (f"{TRAIN_PREFIX}device",)
 #: The parent run's params (``study.<key>``).
 STUDY_PARAM_PREFIX = "study."
+
+
+
+def split_variant(method: str) -> tuple[str, str]:
+    """``"sensitivity-spec@sum"`` → ``("sensitivity-spec", "sum")``; no variant → ``(method, "")``."""
+    base, _, variant = method.partition(VARIANT_SEP)
+    return base, variant
+
 
 # -- artifacts -----------------------------------------------------------------------------------
 STUDY_YAML = "study.yaml"

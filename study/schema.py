@@ -144,6 +144,11 @@ class DataSettings(_Section):
     download: bool = False
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per data set name")
 
+    @property
+    def resolved_root(self) -> str | None:
+        """``root`` made absolute against the working directory (None: the loader's default)."""
+        return str(Path(self.root).expanduser().resolve()) if self.root else None
+
 
 class ModelSettings(_Section):
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per architecture name")
@@ -416,10 +421,14 @@ def check_registries(config: StudyConfig) -> None:
         check_options(f"model.options.{name}", defaults, dict(options or {}))
     spaces = method_spaces(config)
     check_budgets(config, spaces)
+    from study.methods import method_class
+    from study.train import check_prune_schedule
+
     for method in config.methods:
         own = config.method_train(method)
         where = f"methods.{method}.train.device" if "device" in own else "train.device"
         check_device_name(config.effective_train(method).device, where)
+        check_prune_schedule(method_class(method), config.effective_train(method).prune_schedule)
     check_phases(config, spaces)
     if config.search.kind == "optuna":
         if len(config.datasets) != 1 or len(config.archs) != 1:

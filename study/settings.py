@@ -24,6 +24,13 @@ from typing import Any, Literal, Sequence
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]  # Literal["sgd", "adam"]
+#: The sparsify phase's pruning schedules of the threshold methods (study.prune_schedule):
+#: ``fixed`` prunes |w| < the method's T at the end of every sparsify epoch; ``plateau-bisect``
+#: waits for a plateau of the validation loss, rolls back to the best epoch and prunes with the
+#: largest T that keeps the validation loss within ``prune_tolerance`` of that best.
+FIXED, PLATEAU_BISECT = "fixed", "plateau-bisect"
+PRUNE_SCHEDULES: tuple[str, ...] = (FIXED, PLATEAU_BISECT)
+PruneSchedule = Literal[PRUNE_SCHEDULES]  # type: ignore[valid-type]  # Literal["fixed", "plateau-bisect"]
 
 #: The device setting that picks the GPU when the run has one (study files and `study train`).
 AUTO = "auto"
@@ -60,12 +67,27 @@ class TrainConfig:
         None, "validation error (%) that ends phase 1 early; with patience it also stops phase 2", ge=0, le=100)
     patience: int = _setting(
         0, "stop after this many sparsify epochs with validation error above the target (0 = never)", ge=0)
+    prune_schedule: PruneSchedule = _setting(
+        FIXED, "how threshold methods prune in phase 2: fixed (|w| < the method's T every epoch) or "
+        "plateau-bisect (at each plateau of the validation loss: back to the best epoch, then the largest T "
+        "within prune_tolerance, found by bisection; the method's T is unused)")
+    plateau_epochs: int = _setting(
+        20, "plateau-bisect: sparsify epochs without a relative improvement of the validation loss above "
+        "plateau_tolerance that make a plateau (the authors' PWE)", ge=1)
+    plateau_tolerance: float = _setting(
+        0.01, "plateau-bisect: an epoch improves when its validation loss is below (1 - this) x the best "
+        "(negative: when not above (1 + |this|) x the best, the authors' code's rule)", gt=-1, lt=1)
+    prune_tolerance: float = _setting(
+        0.05, "plateau-bisect: the pruning may raise the validation loss to (1 + this) x the best (the "
+        "authors' TWT)", ge=0)
     seed: int = _setting(0, "seeds Python, NumPy, torch and the batch order: CPU runs repeat exactly")
     device: str = _setting("cpu", "cpu, cuda or cuda:N")
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.prune_schedule not in PRUNE_SCHEDULES:
+            raise ValueError(f"unknown prune_schedule {self.prune_schedule!r}; valid: {', '.join(PRUNE_SCHEDULES)}")
         for f in dataclasses.fields(self):
             value, bounds = getattr(self, f.name), f.metadata.get("bounds", {})
             if value is None:

@@ -5,6 +5,12 @@ validation error reaches ``target_error``. Phase 2, *sparsify*: the method thres
 prunes at the end of every epoch; training stops at ``epochs`` or, with ``patience``, once
 the validation error has stayed above the target for that many epochs.
 
+``prune_schedule: plateau-bisect`` changes how the threshold methods prune in phase 2 (the loop
+owns that schedule, :mod:`study.prune_schedule`): at the end of a sparsify epoch that completes a
+plateau of the validation loss, the run rolls back to its best epoch and prunes with the largest
+admissible T; that epoch's record describes the network after the pruning and carries
+``prune_threshold`` and ``prune_from_epoch``. Both phases and the stops stay as they are.
+
 The loop only calls the hooks of :class:`study.method.Method`; it knows nothing of any
 method's internals. Every epoch yields one record of the DESIGN.md metrics. The loop's settings
 are :class:`study.settings.TrainConfig` (the one definition, imported here for the loop's callers).
@@ -26,7 +32,8 @@ from torch import Tensor, nn
 from study import runformat as rf
 from study import sparsity
 from study.method import Method, MethodContext, Phase
-from study.settings import TrainConfig
+from study.prune_schedule import PlateauWatch, bisect_threshold
+from study.settings import PLATEAU_BISECT, TrainConfig
 
 
 class Split(Protocol):
@@ -77,6 +84,14 @@ def method_context(data: Data, config: TrainConfig) -> MethodContext:
         train_size=len(data.train), num_classes=data.num_classes, epochs=config.epochs,
         steps_per_epoch=math.ceil(len(data.train) / config.batch_size),
     )
+
+
+def check_prune_schedule(method: Method | type[Method], schedule: str) -> None:
+    """Refuse, in one line, a ``prune_schedule`` the method cannot follow: ``plateau-bisect``
+    chooses the T of a method that prunes by threshold (``Method.prunes_by_threshold``)."""
+    if schedule == PLATEAU_BISECT and not method.prunes_by_threshold:
+        raise ValueError(f"prune_schedule {schedule!r} needs a method that prunes |w| < T (one with a "
+                         f"threshold param); {method.name!r} prunes its own way: use prune_schedule 'fixed'")
 
 
 def seed_everything(seed: int) -> None:
@@ -151,7 +166,16 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, method: Method, data: Data, config: TrainConfig) -> None:
+        check_prune_schedule(method, config.prune_schedule)
         self.model, self.method, self.data, self.config = model, method, data, config
+        #: The plateau watch of ``prune_schedule: plateau-bisect`` (None under ``fixed``).
+        self.watch: PlateauWatch | None = None
+        if config.prune_schedule == PLATEAU_BISECT:
+            if len(data.val) == 0:
+                raise ValueError("prune_schedule 'plateau-bisect' watches the validation loss: it needs a "
+                                 "validation split (val_fraction > 0)")
+            self.watch = PlateauWatch(config.plateau_epochs, config.plateau_tolerance)
+            method.threshold_each_epoch = False  # type: ignore[attr-defined]  # the loop chooses T
         self.device = torch.device(config.device)
         seed_everything(config.seed)
         model.to(self.device)
@@ -229,6 +253,11 @@ class Trainer:
             method.end_epoch(model, state.epoch, state.phase)
 
         val_loss, val_error = evaluate(model, self.data.val)
+        pruning: dict[str, float] = {}
+        if self.watch is not None and not diverged and state.phase == "sparsify" \
+                and self.watch.update(val_loss, state.epoch, self._snapshot):
+            pruning = self._prune_at_plateau()
+            val_loss, val_error = evaluate(model, self.data.val)
         test_loss, test_error = evaluate(model, self.data.test)
         report = sparsity.count_model(model, method.effective_weights(model))
         record: dict[str, Any] = {
@@ -240,6 +269,8 @@ class Trainer:
             rf.TEST_LOSS: test_loss,
             rf.TEST_ERROR: test_error,
             **report.metrics(),
+            rf.ARCHITECTURE: report.architecture,
+            **pruning,
             **method.epoch_metrics(model),
             rf.EPOCH_SECONDS: time.perf_counter() - start,
         }
@@ -253,12 +284,37 @@ class Trainer:
         self._rng = _rng_state(self.device)
         return record
 
+    # -- the plateau-bisection schedule ------------------------------------------------------
+    def _snapshot(self) -> dict[str, Any]:
+        """What a rollback restores: the model, the optimizer and the method (copies)."""
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "method": copy.deepcopy(self.method.state_dict()),
+        }
+
+    def _prune_at_plateau(self) -> dict[str, float]:
+        """Back to the best state, then prune with the largest admissible T (module doc)."""
+        watch = self.watch
+        assert watch is not None and watch.best is not None
+        best, from_epoch = watch.best, watch.best_epoch
+        bound = (1.0 + self.config.prune_tolerance) * watch.best_loss
+        self.model.load_state_dict(best["model"])
+        # deep copies: a loaded optimizer state may share the snapshot's tensors
+        self.optimizer.load_state_dict(copy.deepcopy(best["optimizer"]))
+        self.method.load_state_dict(copy.deepcopy(best["method"]), self.device)
+        threshold, _ = bisect_threshold(sparsity.prunable_weights(self.model),
+                                        lambda: evaluate(self.model, self.data.val)[0], bound)
+        self.method.threshold_prune(self.model, threshold)
+        watch.reset()
+        return {rf.PRUNE_THRESHOLD: threshold, rf.PRUNE_FROM_EPOCH: float(from_epoch)}
+
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs, as tensors and plain Python values. Like
         ``nn.Module.state_dict()`` it holds the live tensors: save it (or deep-copy it) before
         the next epoch changes them."""
-        return {
+        out = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
@@ -267,6 +323,9 @@ class Trainer:
             "cuda_rng": self._rng[1],
             "state": asdict(self.state),  # copies the history list and its records
         }
+        if self.watch is not None:  # plateau-bisect: the watch and its best state
+            out["plateau"] = self.watch.state_dict()
+        return out
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self.model.load_state_dict(saved["model"])
@@ -275,6 +334,8 @@ class Trainer:
         self.generator.set_state(saved["generator"])
         self._rng = (saved["torch_rng"], saved.get("cuda_rng"))
         self.state = _State(**saved["state"])
+        if self.watch is not None and saved.get("plateau") is not None:
+            self.watch.load_state_dict(saved["plateau"])
 
 
 def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:

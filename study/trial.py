@@ -243,6 +243,8 @@ class SeedRun:
         tracker = self.trial.tracker
         if tracker is not None and self.run_id is not None and self.pending:
             tracker.log_steps(self.run_id, [(int(r[rf.EPOCH]), rf.numeric_metrics(r)) for r in self.pending])
+            if rf.ARCHITECTURE in self.pending[-1]:  # a string: a tag, not a metric
+                tracker.set_tags(self.run_id, {rf.ARCHITECTURE: self.pending[-1][rf.ARCHITECTURE]})
         self.pending = []
 
     def close(self) -> None:

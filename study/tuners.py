@@ -128,7 +128,8 @@ def study_constants(config: StudyConfig, tracking: dict[str, Any] | None, commit
         "git_commit": commit,
         "stage": stage,
         "train": config.train.model_dump(mode="json"),
-        "data": config.data.model_dump(mode="json"),
+        # a relative data root is the driver's (workers may run in another folder)
+        "data": {**config.data.model_dump(mode="json"), "root": config.data.resolved_root},
         "model": config.model.model_dump(mode="json"),
         "cpus_per_trial": config.resources.cpus_per_trial,
         "checkpoint": {"every": config.resources.checkpoint_every, "seconds": config.resources.checkpoint_seconds},

@@ -215,3 +215,24 @@ def test_the_selection_view_reads_the_search_runs_and_the_tables_the_confirm_run
         star = frames["selected"].set_index("method").loc["sensitivity-spec"]
         assert lam in star["config"] and star["n_seeds"] == 2
         assert confirm_mismatches(frames["selected"], chosen.reset_index(), stages) == odd
+
+
+def test_layer_profile_shows_the_neurons_below_the_weights():
+    selected = pd.DataFrame([
+        {"method": "serene", "met_target": True, "remaining_pct.fc1_mean": 5.0, "remaining_pct.fc2_mean": 9.0,
+         "neurons.fc1_mean": 120.0, "neurons.fc2_mean": 0.0, "neurons.fc1_std": 4.0},
+        {"method": "l0", "met_target": True, "remaining_pct.fc1_mean": 8.0, "remaining_pct.fc2_mean": 30.0,
+         "neurons.fc1_mean": 60.0, "neurons.fc2_mean": 41.0}])
+    assert figures.has_neuron_profile(selected, ["fc1", "fc2"])
+    fig = figures.layer_profile_figure(selected, ["fc1", "fc2"], widths={"fc1": 300.0, "fc2": 100.0})
+    weights, neurons = fig.axes[:2]
+    assert "weights" in weights.get_ylabel() and "neurons" in neurons.get_ylabel()
+    assert neurons.get_yscale() == "symlog"  # serene's 0 units in fc2 are drawn at 0
+    dots = sorted(float(y) for line in neurons.get_lines()  # the dots, not the error bars' caps
+                  if line.get_linestyle() == "None" and line.get_marker() not in ("_", "|")
+                  for y in line.get_ydata())
+    assert dots == [0.0, 41.0, 60.0, 120.0]
+    (dashes,) = [c for c in neurons.collections if c.get_label() == "the layer's units"]
+    assert sorted(seg[0][1] for seg in dashes.get_segments()) == [100.0, 300.0]
+    no_counts = selected.drop(columns=[c for c in selected.columns if c.startswith("neurons")])
+    assert len(figures.layer_profile_figure(no_counts, ["fc1", "fc2"]).axes) == 1

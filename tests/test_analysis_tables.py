@@ -204,3 +204,33 @@ def test_markdown_and_csv(tmp_path):
     assert back.loc[0, "remaining_pct.fc1"] == pytest.approx(2.25)
     assert back.loc[0, "test_error_std"] == pytest.approx(0.0441)
     assert np.isfinite(back.loc[0, "nonzero"])
+
+
+def _with_neurons(**over):
+    return _selected_row(**{"inputs_mean": 64.0, "neurons.fc1_mean": 103.4, "neurons.fc2_mean": 61.0,
+                            "neurons.fc3_mean": 10.0, **over})
+
+
+def test_the_neurons_column_when_the_runs_counted_them(tmp_path):
+    """Runs that logged ``inputs`` and ``neurons.<layer>`` get a Neurons column after the
+    compression: the inputs, then each layer's units (means over seeds, rounded); a row
+    without counts shows a dash; published architectures (literature ``architecture``) show
+    as printed; tables of older studies keep their columns (test_table_values_by_hand)."""
+    layers = ["fc1", "fc2", "fc3"]
+    sel = pd.DataFrame([_with_neurons(), _selected_row(method="l1")])
+    lit = pd.DataFrame([{**{c: np.nan for c in tables.table_columns(layers)}, "method": "", "label": "L0 [x]",
+                         "source": tables.REPORTED, "setting": "", "note": "", "met_target": True,
+                         "architecture": "219-214-100"}])
+    table = tables.build_table(sel, layers, lit)
+    assert table.loc[0, "architecture"] == "64-103-61-10" and table.loc[0, "neurons.fc1"] == pytest.approx(103.4)
+    assert table.loc[1, "architecture"] == ""
+    shown = tables.format_table(table, layers)
+    assert list(shown.columns).index("Neurons") == list(shown.columns).index("Compression (×)") + 1
+    assert shown["Neurons"].tolist() == ["64-103-61-10", "—", "219-214-100"]
+    tex = tables.to_latex(shown, layers)
+    _check_latex_structure(tex, n_cols=10)
+    assert "Neurons" in tex and "219-214-100" in tex
+    back = pd.read_csv(tables.write_table(table, layers, tmp_path, "t")["csv"])
+    assert back.loc[0, "inputs"] == 64 and back.loc[0, "architecture"] == "64-103-61-10"
+    assert "Neurons" not in tables.format_table(tables.build_table(pd.DataFrame([_selected_row()]), layers),
+                                                layers).columns

@@ -51,3 +51,12 @@ def test_tracking_uris_are_made_absolute(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "study" / rf.STORE_FILE).touch()
     assert rf.folder_tracking_uri("study") == f"sqlite:///{tmp_path}/study/mlflow.db"
     assert rf.is_local_uri(rf.folder_tracking_uri("study"))
+
+
+def test_neuron_names_and_the_architecture_string() -> None:
+    assert rf.neurons_key("conv1") == "neurons.conv1"
+    assert rf.layer_of_metric(rf.neurons_key("features.10")) == "features.10"
+    assert rf.architecture(784, [112, 43, 10]) == "784-112-43-10"
+    assert rf.architecture(64.0, [103.4, 60.6, 10.0]) == "64-103-61-10"  # means over seeds, rounded
+    record = {rf.EPOCH: 1, rf.ARCHITECTURE: "64-3-2", rf.INPUTS: 64, rf.neurons_key("fc1"): 3}
+    assert rf.numeric_metrics(record) == {rf.EPOCH: 1.0, rf.INPUTS: 64.0, "neurons.fc1": 3.0}  # no string
