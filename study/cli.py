@@ -134,14 +134,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     method_params = parse_assignments(args.param, "--param")
     model_options = parse_assignments(args.model_option, "--model-option")
     data_options = parse_assignments(args.data_option, "--data-option")
-<<<<<<< HEAD
-    method_class(args.method)  # fail fast on a bad name, before loading data
-    check_device(args.device, "--device")
-=======
     from study.train import check_prune_schedule
 
     check_prune_schedule(method_class(args.method), args.prune_schedule)  # fail fast, before loading data
->>>>>>> main
+    check_device(args.device, "--device")
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{**settings, "device": choose_device(args.device)})
     seed_everything(args.seed)

@@ -52,16 +52,13 @@ class Method:
     name: ClassVar[str] = "base"
     citation: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
-<<<<<<< HEAD
     #: Whether the method does something in the sparsify phase that it does not do in the reach
     #: phase (thresholding, a pruning schedule); False for methods that act alike in both.
     uses_sparsify_phase: ClassVar[bool] = True
-=======
     #: Whether the method prunes by a magnitude threshold, |w| < T (``ThresholdMethod``), so
     #: that the training loop's sparsify schedule may choose T (``train.prune_schedule``).
     #: Methods that prune their own way (Han's magnitude, GMP, L0, sparse VD) leave it False.
     prunes_by_threshold: ClassVar[bool] = False
->>>>>>> main
 
     def __init__(self, params: MethodParams, context: MethodContext) -> None:
         self.params = params
