@@ -6,14 +6,18 @@ callback that prints one line per ended trial and closes the MLflow runs a trial
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from study import runformat as rf
+from study.faults import StopControl, one_line, trial_error
 from study.schema import StudyConfig
 from study.tracking import Tracker
 
@@ -35,6 +39,12 @@ def trial_dirname(trial: Any) -> str:
     return f"{spec.get('method', 'trial')}-{trial.trial_id}"
 
 
+def trial_id_of(result: Any) -> str:
+    """The Tune trial id of a result (from its folder, :func:`trial_dirname`, when the trial
+    died before it reported anything)."""
+    return str(result.metrics.get("trial_id") or Path(result.path).name.rsplit("-", 1)[-1])
+
+
 class StudyCallback(tune.Callback):
     """Prints one line per ended trial and closes MLflow runs the trial could not close
     itself: stopped by the scheduler (``pruned``) or dead for good (``failed``)."""
@@ -52,8 +62,8 @@ class StudyCallback(tune.Callback):
             if run.data.tags.get(rf.TAG_STATUS) == rf.RUNNING:
                 self.tracker.finish(run.info.run_id, status, mlflow_status)
 
-    def _line(self, trial: Any, what: str) -> None:
-        self.ended += 1
+    def _line(self, trial: Any, what: str, ended: bool = True) -> None:
+        self.ended += ended
         spec = trial.config.get("trial") or {}
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in (spec.get("params") or {}).items())
@@ -64,7 +74,8 @@ class StudyCallback(tune.Callback):
                        f"compression {r.get('compression', float('nan')):.2f}x")
         seeds = spec.get("seeds", [])
         who = f"{spec.get('method', '?')} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
-        to_stderr(f"{self.label}[{self.ended}/{self.total}] {who}{' ' + params if params else ''}: {what}{numbers}")
+        count = f"[{self.ended}/{self.total}] " if ended else ""
+        to_stderr(f"{self.label}{count}{who}{' ' + params if params else ''}: {what}{numbers}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
@@ -85,10 +96,27 @@ class StudyCallback(tune.Callback):
             self._close_open_runs(trial, rf.FAILED, "FAILED")
         except Exception as err:
             to_stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
-        self._line(trial, f"FAILED (see {trial.local_path})")
+        message, retryable = trial_error(trial)
+        self._line(trial, f"FAILED: {message}")
+        if not retryable:
+            self._stop_study(message)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        to_stderr(f"trial {trial.trial_id} crashed; retrying from its last checkpoint")
+        message, retryable = trial_error(trial)
+        if retryable:
+            to_stderr(f"trial {trial.trial_id} crashed ({message[:200]}); retrying from its last checkpoint")
+            return
+        self._line(trial, f"FAILED: {message}", ended=False)
+        self._stop_study(message)
+
+    @staticmethod
+    def _stop_study(message: str) -> None:
+        """A trial that cannot succeed (study.trial.SetupError) stops the study at once."""
+        stop = StopControl.active
+        where = f" (tracebacks: {stop.log_path})" if stop is not None and stop.log_path else ""
+        to_stderr(f"stopping the study: a retry cannot fix this error{where}")
+        if stop is not None:
+            stop.stop(message)
 
 
 def study_constants(config: StudyConfig, tracking: dict[str, Any] | None, commit: str | None,
@@ -122,13 +150,23 @@ class StageContext:
     commit: str | None
     hooks: dict[str, Any] | None
     log: Log
+    failures: dict[str, str] = field(default_factory=dict)  # Tune trial id -> its error, from Tune
 
 
-def fit(tuner: Any, expected: int) -> bool:
-    """Run a Tuner; whether every expected trial ended (finished, diverged, pruned or failed)."""
-    results = tuner.fit()
+def fit(tuner: Any, expected: int, failures: dict[str, str] | None = None) -> bool:
+    """Run a Tuner; whether every expected trial ended (finished, diverged, pruned or failed)
+    and nothing stopped it (a signal, or a trial that cannot succeed: :class:`StopControl`).
+    The errors of failed trials go to ``failures``, keyed by Tune trial id: a trial that died
+    before it opened its MLflow run still counts as failed."""
+    stop = StopControl.active
+    with stop.tune_running() if stop is not None else contextlib.nullcontext():
+        results = tuner.fit()
+    for result in results:
+        if result.error is not None and failures is not None:
+            failures[trial_id_of(result)] = one_line(getattr(result.error, "cause", None) or result.error)
     ended = results.num_terminated + results.num_errors
-    return len(results) >= expected and ended == len(results)
+    stopped = stop is not None and (stop.interrupted or stop.error)
+    return not stopped and len(results) >= expected and ended == len(results)
 
 
 def constants(ctx: StageContext, stage: str) -> dict[str, Any]:
@@ -143,6 +181,8 @@ def trainable(config: StudyConfig) -> Any:
     from study.trial import run_trial
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables would drown our lines
+    # no TensorBoard or CSV files, which nothing reads (result.json stays: make_tuner's callback)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     r = config.resources
     return tune.with_resources(run_trial, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
@@ -172,7 +212,8 @@ def make_tuner(ctx: StageContext, tune_name: str, param_space: dict[str, Any], e
             storage_path=ctx.storage_path,
             failure_config=tune.FailureConfig(max_failures=r.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=r.checkpoints_to_keep),
-            callbacks=[StudyCallback(ctx.tracker, ctx.experiment_id, ctx.parent_run_id, expected, label)],
+            callbacks=[StudyCallback(ctx.tracker, ctx.experiment_id, ctx.parent_run_id, expected, label),
+                       JsonLoggerCallback()],  # result.json: the benchmark and the tests read it
             verbose=0,
         ),
     )
