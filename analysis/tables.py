@@ -48,12 +48,16 @@ DASH = "—"
 
 
 def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    base, variant = rf.split_variant(method)
+    label = METHOD_LABELS.get(base, base)
+    return f"{label} [{variant}]" if variant else label
 
 
-def method_sort_key(method: str) -> tuple[int, str]:
+def method_sort_key(method: str) -> tuple[int, str, str]:
+    """A variant (``<method>@<label>``) right after its method."""
     order = list(METHOD_LABELS)
-    return (order.index(method) if method in order else len(order), method)
+    base, variant = rf.split_variant(method)
+    return (order.index(base) if base in order else len(order), base, variant)
 
 
 def sorted_methods(methods) -> list[str]:

@@ -187,6 +187,7 @@ class L0HardConcrete(Method):
     )
     Params = L0Params
     params: L0Params
+    uses_sparsify_phase = False  # the gates decide what is pruned, in both phases
 
     def attach(self, model: nn.Module) -> None:
         p = self.params

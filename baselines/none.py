@@ -7,3 +7,4 @@ from study.method import Method
 class NoRegularization(Method):
     name = "none"
     citation = "Plain SGD (reference)."
+    uses_sparsify_phase = False  # it never prunes: both phases are plain training

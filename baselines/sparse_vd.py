@@ -113,6 +113,7 @@ class SparseVD(Method):
     )
     Params = SparseVDParams
     params: SparseVDParams
+    uses_sparsify_phase = False  # log α decides what is pruned, in both phases
 
     def __init__(self, params: SparseVDParams, context: Any) -> None:
         super().__init__(params, context)

@@ -55,6 +55,21 @@ class _Help(argparse.HelpFormatter):
         return text + (" (default: none)" if action.default is None else " (default: %(default)s)")
 
 
+#: Exit codes, the same for every command (the README's one table, "Exit codes").
+EXIT_OK = 0  # done; `study run`: every trial ended finished, diverged or pruned
+EXIT_FAILED = 1  # `study run`: some trial failed (or one no retry can fix stopped the study)
+EXIT_BAD_INPUT = 2  # a one-line error before anything ran: file, value, data, device
+EXIT_DIVERGED = 3  # `study train`: the run diverged (non-finite loss)
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C) or SIGTERM; a study continues with `study run FILE --resume`
+EXIT_HELP = ("exit codes: 0 done (study run: every trial finished, diverged or pruned), 1 some trial "
+             "failed, 2 bad input, 3 diverged (study train), 130 interrupted (SIGINT/SIGTERM)")
+
+
+def _say(text: str) -> None:
+    """A plain line on stderr (no rich markup: paths and lists hold brackets)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
@@ -89,6 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from study import models
     from study.methods import build_method, method_class
     from study.options import parse_assignments
+    from study.preflight import check_device, largest_initial_weight, phase_error, threshold_warning
     from study.progress import EpochPrinter
     from study.settings import TrainConfig, choose_device
     from study.train import fit, method_context, seed_everything
@@ -99,6 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from study.train import check_prune_schedule
 
     check_prune_schedule(method_class(args.method), args.prune_schedule)  # fail fast, before loading data
+    check_device(args.device, "--device")
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{**settings, "device": choose_device(args.device)})
     seed_everything(args.seed)
@@ -108,6 +125,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     ).to(config.device)
     model = models.build_model(args.arch, bundle.input_shape, bundle.num_classes, model_options)
     method = build_method(args.method, method_params, method_context(bundle, config))
+    problem = phase_error(args.method, method_params, config.epochs, config.reach_epochs, config.target_error,
+                          ("--epochs", "--reach-epochs", "--target-error"))
+    if problem:
+        raise ValueError(problem)
+    warning = threshold_warning(getattr(method.params, "threshold", None), largest_initial_weight(model),
+                                "--param threshold", args.arch)
+    if warning:
+        _say(warning)
     if not args.quiet:
         params = " ".join(f"{k}={_show(v)}" for k, v in vars(method.params).items()) or "no parameters"
         console.print(
@@ -136,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(out, indent=2))
     if args.save:
         torch.save(model.state_dict(), args.save)
-    return 0 if result.status == "finished" else 3
+    return EXIT_OK if result.status == "finished" else EXIT_DIVERGED
 
 
 def add_train_settings(p: argparse.ArgumentParser) -> None:
@@ -164,7 +189,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         "train", help="train one model with one method and print its per-epoch trajectory",
         description="Train one model with one sparsification method through the two phases "
         "(reach performance, then sparsify) and print one row per epoch.\n"
-        "Exit status: 0 finished, 3 diverged, 2 bad input.",
+        "Checks before training: the device exists, the sparsify phase can start (a one-line error, "
+        "exit 2), the threshold is not above every initial weight (a warning).\n" + EXIT_HELP + ".",
         formatter_class=_Help,
         epilog=_examples(
             "study train --method sensitivity-spec --param lam=1e-3 --param threshold=2e-2",
@@ -252,13 +278,17 @@ def _load_study(args: argparse.Namespace) -> Any:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from study.plan import describe_plan
+    from study.preflight import check_study
 
     config = _load_study(args)
+    warnings = check_study(config, args.address)  # data, devices, GPUs (errors), thresholds (warnings)
     print(f"{args.file}: valid study {config.name!r}" + (f" ({config.description})" if config.description else ""))
     print(describe_plan(config))
+    for warning in warnings:
+        _say(warning)
     if args.show:
         print(config.to_yaml(), end="")
-    return 0
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -270,32 +300,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load_study(args)
     done = None if args.resume or args.force else already_complete(config)
     if done:
-        console.print(done, highlight=False, soft_wrap=True)
+        _say(done)
         return 0
     if not args.quiet:
-        console.print(describe_plan(config), highlight=False, soft_wrap=True)
+        _say(describe_plan(config))
     record_in_index(config, args.file)
     start = time.perf_counter()
     outcome = run_study(config, address=args.address, resume=args.resume, source_text=Path(args.file).read_text())
     took = time.perf_counter() - start
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.statuses.items())) or "no trial runs"
-    state = "complete" if outcome.complete else "interrupted (continue with --resume)"
-    console.print(f"study {config.name} {state} in {took:.1f}s: {counts}", highlight=False, soft_wrap=True)
-    console.print(f"MLflow: {outcome.tracking_uri}, experiment {config.experiment_name!r}, parent run "
-                  f"{outcome.parent_run_id}", highlight=False, soft_wrap=True)
-    console.print(f"browse: mlflow ui --backend-store-uri {outcome.tracking_uri}", highlight=False, soft_wrap=True)
+    state = "complete" if outcome.complete else "interrupted" if outcome.interrupted else "stopped"
+    _say(f"study {config.name} {state} in {took:.1f}s: {counts}")
+    _say(f"MLflow: {outcome.tracking_uri}, experiment {config.experiment_name!r}, parent run {outcome.parent_run_id}")
+    _say(f"browse: mlflow ui --backend-store-uri {outcome.tracking_uri}")
     if outcome.optuna_study and outcome.complete:
         study = load_optuna_study(outcome.output_dir, outcome.optuna_study)
         names = [o.metric for o in config.search.objectives]
         best = study.best_trials if len(names) > 1 else [study.best_trial]
-        console.print(f"Optuna {'Pareto set' if len(names) > 1 else 'best trial'} "
-                      f"({outcome.optuna_storage}, study {outcome.optuna_study}):", highlight=False, soft_wrap=True)
+        _say(f"Optuna {'Pareto set' if len(names) > 1 else 'best trial'} ({outcome.optuna_storage}, "
+             f"study {outcome.optuna_study}):")
         for t in best:
             values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, t.values))
-            console.print(f"  #{t.number} {values}  {t.params}", highlight=False, soft_wrap=True)
-    if not outcome.complete:
-        return 130
-    return 1 if outcome.failed else 0
+            _say(f"  #{t.number} {values}  {t.params}")
+    if outcome.interrupted:
+        _say(f"interrupted: continue with study run {args.file} --resume")
+        return EXIT_INTERRUPTED
+    if outcome.error:
+        _say(f"error: {outcome.error}")
+        _say(f"fix it, then continue with study run {args.file} --resume (tracebacks: {outcome.log_path})")
+        return EXIT_FAILED
+    if outcome.failed or not outcome.complete:
+        _say(f"some trials failed (tracebacks: {outcome.log_path})")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def add_study_parsers(sub: argparse._SubParsersAction) -> None:
@@ -306,7 +343,9 @@ def add_study_parsers(sub: argparse._SubParsersAction) -> None:
         "run", help="run a study: its trials on Ray Tune, logged to MLflow", formatter_class=_Help,
         description="Run every trial of a study on Ray Tune (in-process on every core, or on the cluster "
         "at --address / $RAY_ADDRESS) and log each trial to MLflow as a child of the study's parent run.\n"
-        "Exit status: 0 every trial finished or diverged, 1 a trial failed, 2 bad input, 130 interrupted.",
+        "Before Ray starts it checks what `study validate` checks. Ctrl-C or SIGTERM stops it cleanly "
+        "(continue with --resume); a trial error no retry can fix (missing data, a bad option) stops it at "
+        "once. Tracebacks go to <output_dir>/logs/.\n" + EXIT_HELP + ".",
         epilog=_examples(
             "study run configs/quickstart.yaml",
             "study run configs/quickstart.yaml --set train.epochs=5 --set 'seeds=[0, 1, 2]'",
@@ -327,13 +366,20 @@ def add_study_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("validate", help="check a study file and print the expanded plan", formatter_class=_Help,
                        description="Validate a study file (names, parameters, options) and print how many "
-                       "trials of which method it would run.",
+                       "trials of which method it would run. Also checks this machine as `study run` does "
+                       "before Ray starts: the data sets' files (or data.download), the devices and GPUs "
+                       "(when Ray runs in-process: no $RAY_ADDRESS), and warns of a threshold above every "
+                       "initial weight.\n" + EXIT_HELP + ".",
                        epilog=_examples(
                            "study validate configs/quickstart.yaml",
                            "study validate configs/quickstart.yaml --set 'methods.l1.lam=[1e-5, 1e-4]' --show",
                        ))
     p.add_argument("file", help="study YAML file")
     p.add_argument("--set", **sets)
+    p.add_argument("--address", default=None,
+                   help="check as for a study on this Ray cluster: its nodes hold the data and devices, so a "
+                   "data set missing here is a warning and devices are not checked (default: $RAY_ADDRESS, "
+                   "else check this machine, as an in-process `study run` would)")
     p.add_argument("--show", action="store_true", help="also print the full study with every default filled in")
     p.set_defaults(func=cmd_validate)
 
@@ -366,18 +412,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops a command as Ctrl-C does (`study run` handles both itself)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as err:
+        from rich.markup import escape
+
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
-        return 2
+        console.print(f"[red]error:[/] {escape(' '.join(str(message).split()))}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
+        _say("interrupted")
+        return EXIT_INTERRUPTED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

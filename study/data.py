@@ -443,6 +443,26 @@ def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
+#: Per-sample shape and class count of the data sets whose loaders fix them (synthetic and
+#: imagenet take them from their options; ImageNet's class count is ILSVRC-2012's 1000).
+_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((1, 8, 8), 10), "mnist10k": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
+    "fashion-mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10),
+}
+
+
+def input_spec(name: str, **options: Any) -> tuple[tuple[int, ...], int]:
+    """``(input_shape, num_classes)`` of a data set, without reading it: what an architecture is
+    built for (the checks before a study starts build each one once, on the driver)."""
+    loader, options = _checked(name, options)
+    options = {**option_defaults(loader), **options}
+    if name == "synthetic":
+        return parse_shape(options["shape"]), options["num_classes"]
+    if name == "imagenet":
+        return (3, options["crop"], options["crop"]), 1000
+    return _SHAPES[name]
+
+
 def data_root(root: str | Path | None = None) -> Path:
     """``root``, else ``$STUDY_DATA_ROOT``, else ``~/.cache/sensitivity-study/data``."""
     chosen = root if root is not None else os.environ.get(ROOT_ENV) or DEFAULT_ROOT

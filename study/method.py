@@ -52,6 +52,9 @@ class Method:
     name: ClassVar[str] = "base"
     citation: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
+    #: Whether the method does something in the sparsify phase that it does not do in the reach
+    #: phase (thresholding, a pruning schedule); False for methods that act alike in both.
+    uses_sparsify_phase: ClassVar[bool] = True
     #: Whether the method prunes by a magnitude threshold, |w| < T (``ThresholdMethod``), so
     #: that the training loop's sparsify schedule may choose T (``train.prune_schedule``).
     #: Methods that prune their own way (Han's magnitude, GMP, L0, sparse VD) leave it False.
@@ -61,6 +64,12 @@ class Method:
         self.params = params
         self.context = context
         self.masks: dict[str, Tensor] = {}
+
+    @classmethod
+    def expects_sparsify_phase(cls, params: MethodParams) -> bool:
+        """Whether a run with these parameters needs its sparsify phase to start: the check
+        before launch rejects train settings under which it never does."""
+        return cls.uses_sparsify_phase
 
     # -- hooks ---------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
@@ -147,6 +156,10 @@ class ThresholdMethod(Method):
     prunes_by_threshold: ClassVar[bool] = True
     #: Whether ``end_epoch`` prunes |w| < ``params.threshold`` at the end of every sparsify epoch.
     threshold_each_epoch: bool = True
+
+    @classmethod
+    def expects_sparsify_phase(cls, params: MethodParams) -> bool:
+        return getattr(params, "threshold", 0) > 0  # T = 0: the sparsify phase prunes nothing
 
     def end_epoch(self, model: nn.Module, epoch: int, phase: Phase) -> None:
         if phase == "sparsify" and self.threshold_each_epoch:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from typing import Any
 
@@ -16,6 +17,7 @@ from baselines.sparse_vd import SparseVD
 from baselines.weight_decay import WeightDecay
 from study.method import Method, MethodContext, MethodParams
 from study.options import coerce
+from study.runformat import VARIANT_SEP, split_variant
 from study.sensitivity import SensitivitySpec, SensitivityUnspec
 from study.serene import Serene
 
@@ -38,15 +40,24 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
+_VARIANT_LABEL = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def method_names() -> list[str]:
     return list(METHODS)
 
 
 def method_class(name: str) -> type[Method]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}") from None
+    """The class of a registered method, or of a variant ``<method>@<label>`` (the same method
+    under its own settings, a row of its own in reports: see ``runformat.VARIANT_SEP``)."""
+    base, variant = split_variant(name)
+    if base not in METHODS:
+        raise ValueError(f"unknown method {base!r}; valid: {', '.join(METHODS)} "
+                         f"(a variant is <method>{VARIANT_SEP}<label>)")
+    if VARIANT_SEP in name and not _VARIANT_LABEL.fullmatch(variant):
+        raise ValueError(f"bad variant label {variant!r} in {name!r}: use letters, digits, '_', '.' or '-', "
+                         f"e.g. {base}{VARIANT_SEP}sum")
+    return METHODS[base]
 
 
 def param_types(name: str) -> dict[str, Any]:

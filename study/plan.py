@@ -156,16 +156,20 @@ def method_spaces(config: StudyConfig) -> dict[str, dict[str, ParamSpace]]:
                         f"methods.{method}.{space.name}: a range in a grid search needs num "
                         f"(or use search.kind: optuna)"
                     )
-            for combo in grid_combinations(spaces):
-                _check_combination(method, combo)
-        else:
-            fixed = {p: s.values[0] for p, s in spaces.items() if s.kind == "fixed"}
-            for p, s in spaces.items():
-                candidates = s.values if s.kind != "range" else (s.low, s.high)
-                for value in candidates:
-                    _check_combination(method, {**fixed, p: value})
+        for combo in candidate_combinations(config.search.kind, spaces):
+            _check_combination(method, combo)
         out[method] = spaces
     return out
+
+
+def candidate_combinations(kind: str, spaces: dict[str, ParamSpace]) -> list[dict[str, Any]]:
+    """The parameter combinations a study of ``kind`` checks: every grid combination, or (Optuna)
+    the fixed values with each choice and each range end of one parameter at a time."""
+    if kind == "grid":
+        return grid_combinations(spaces)
+    fixed = {p: s.values[0] for p, s in spaces.items() if s.kind == "fixed"}
+    return [{**fixed, p: value} for p, s in spaces.items()
+            for value in (s.values if s.kind != "range" else (s.low, s.high))] or [fixed]
 
 
 def _check_combination(method: str, params: dict[str, Any]) -> None:

@@ -184,6 +184,10 @@ STAGES: tuple[str, ...] = (STAGE_SEARCH, STAGE_CONFIRM)
 
 # -- params --------------------------------------------------------------------------------------
 METHOD = "method"
+#: A study may train one registered method under several settings side by side, each its own
+#: row in the report: ``methods: {sensitivity-spec: {...}, sensitivity-spec@sum: {aggregate:
+#: sum}}``. The ``method`` param is that whole name; the part before ``@`` is the registered one.
+VARIANT_SEP = "@"
 ARCH = "arch"
 DATASET = "dataset"
 SEED = "seed"
@@ -210,6 +214,13 @@ SUMMARY_COMPRESSION_PREFIX = "compression_at_target."
 SUMMARY_TEST_ERROR_PREFIX = "test_error_at_target."
 #: The tag MLflow shows as a run's description.
 TAG_DESCRIPTION = "mlflow.note.content"
+
+
+def split_variant(method: str) -> tuple[str, str]:
+    """``"sensitivity-spec@sum"`` → ``("sensitivity-spec", "sum")``; no variant → ``(method, "")``."""
+    base, _, variant = method.partition(VARIANT_SEP)
+    return base, variant
+
 
 # -- artifacts -----------------------------------------------------------------------------------
 STUDY_YAML = "study.yaml"

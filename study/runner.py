@@ -29,8 +29,10 @@ when it began.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from ray import tune  # noqa: E402
 
 from study import runformat as rf  # noqa: E402
+from study.faults import MLFLOW_LOGGERS, StopControl, StudyLog  # noqa: E402
 from study.plan import TrialSpec, confirm_trials, grid_trials, search_trial_count  # noqa: E402
+from study.preflight import check_study, ray_address  # noqa: E402
 from study.schema import StudyConfig  # noqa: E402
 from study.state import STATE_FILE, read_state, write_state  # noqa: E402,F401  (re-exported)
 from study.state import update_run_entry as _update_run_entry  # noqa: E402
@@ -75,9 +79,13 @@ class StudyOutcome:
     stage: str = rf.STAGE_SEARCH  # the stage the study reached
     confirm_tune_path: str | None = None
     chosen: list[dict[str, Any]] = field(default_factory=list)  # the confirm stage's configurations
+    interrupted: str | None = None  # the signal that stopped it (SIGINT, SIGTERM)
+    error: str | None = None  # the trial error no retry could fix that stopped it
+    log_path: Path | None = None  # Ray's, Tune's and MLflow's log records, tracebacks among them
 
     @property
     def failed(self) -> int:
+        """Failed trial runs, counting trials that failed before they opened one."""
         return self.statuses.get(rf.FAILED, 0)
 
 
@@ -90,8 +98,8 @@ def init_ray(config: StudyConfig, address: str | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address != "local":
+    address = ray_address(address)
+    if address:
         ray.init(address=address, log_to_driver=False)
     else:
         r = config.resources
@@ -174,12 +182,64 @@ def _open_parent(tracker: Tracker, experiment_id: str, config: StudyConfig, tune
     return run_id
 
 
-def _count_statuses(tracker: Tracker, experiment_id: str, parent_run_id: str) -> dict[str, int]:
+def _count_statuses(tracker: Tracker, experiment_id: str, parent_run_id: str,
+                    failures: dict[str, str] | None = None) -> dict[str, int]:
+    """Child runs by status tag, plus the trials Tune saw fail without an MLflow run."""
     counts: dict[str, int] = {}
+    logged = set()
     for run in tracker.find_runs(experiment_id, {rf.TAG_PARENT_RUN: parent_run_id}):
         status = run.data.tags.get(rf.TAG_STATUS, "unknown")
         counts[status] = counts.get(status, 0) + 1
+        logged.add(run.data.tags.get(rf.TAG_TUNE_TRIAL_ID))
+    unlogged = [trial_id for trial_id in failures or {} if trial_id not in logged]
+    if unlogged:  # it died before it opened its run (e.g. its data could not be loaded)
+        counts[rf.FAILED] = counts.get(rf.FAILED, 0) + len(unlogged)
     return counts
+
+
+def _open_store(config: StudyConfig, study_log: StudyLog, *, entry: dict[str, Any] | None, tune_name: str,
+                source_text: str | None) -> tuple[Tracker, str, str | None, str]:
+    """The MLflow side of a run, made in a thread while Ray starts: the tracker, the experiment,
+    the git commit and the parent run (``entry``'s, reopened, when resuming)."""
+    import mlflow  # noqa: F401  it sets up its loggers on import: send them to the log file from then on
+
+    study_log.capture(*MLFLOW_LOGGERS)
+    tracker = Tracker(config.resolved_tracking_uri)
+    artifact_location = (config.output_path / rf.ARTIFACTS_DIR).as_uri() if rf.is_local_uri(tracker.tracking_uri) else None
+    experiment_id = tracker.experiment_id(config.experiment_name, artifact_location)
+    commit = git_commit()
+    if entry is not None:
+        tracker.reopen(entry["parent_run_id"])
+        return tracker, experiment_id, commit, entry["parent_run_id"]
+    return tracker, experiment_id, commit, _open_parent(tracker, experiment_id, config, tune_name, source_text, commit)
+
+
+def _abandon_store(store: Future, err: BaseException) -> None:
+    """Ray or the resources failed (or a signal came) while the MLflow store was being made: the
+    parent run it opened ends FAILED (KILLED, ``interrupted``, after a signal)."""
+    try:
+        tracker, _, _, parent_run_id = store.result()
+    except BaseException:
+        return
+    with contextlib.suppress(Exception):
+        if isinstance(err, KeyboardInterrupt):
+            tracker.finish(parent_run_id, rf.INTERRUPTED, "KILLED")
+        else:
+            tracker.finish(parent_run_id, rf.FAILED, "FAILED", error=f"{type(err).__name__}: {err}"[:500])
+
+
+def _end_stopped(ctx: StageContext, stop: StopControl, stage: str) -> None:
+    """A study that did not complete: its unfinished runs end KILLED (a resume reopens them); the
+    parent run ends KILLED with status ``interrupted`` after a signal, FAILED after a trial
+    error no retry can fix."""
+    for run in ctx.tracker.find_runs(ctx.experiment_id, {rf.TAG_PARENT_RUN: ctx.parent_run_id}):
+        if run.info.status == "RUNNING":
+            ctx.tracker.call(ctx.tracker.client.set_terminated, run.info.run_id, status="KILLED")
+    if stop.error and not stop.interrupted:
+        ctx.tracker.finish(ctx.parent_run_id, rf.FAILED, "FAILED", error=stop.error[:500])
+    else:
+        ctx.tracker.finish(ctx.parent_run_id, rf.INTERRUPTED, "KILLED")
+    ctx.log(f"the study stopped in its {stage} stage (Tune saved its state; `study run ... --resume` continues)")
 
 
 def run_study(
@@ -193,8 +253,16 @@ def run_study(
 ) -> StudyOutcome:
     """Run (or, with ``resume``, continue) a study; see the module docstring.
 
+    Before Ray starts, the checks of :func:`study.preflight.check_study` (missing data, devices,
+    GPUs: errors; thresholds above every initial weight: warnings, to ``log``). While it runs,
+    SIGINT and SIGTERM stop it cleanly and a trial error no retry can fix stops it
+    (:class:`study.faults.StopControl`); Ray's, Tune's and MLflow's log records go to
+    ``<output_dir>/logs/<tune name>.log`` (:class:`study.faults.StudyLog`).
+
     ``hooks`` go to every trial's config for tests (``fail_at_epoch``, see study.trial).
     """
+    for warning in check_study(config, address):  # before anything is written or started
+        log(warning)
     output_dir = config.output_path
     output_dir.mkdir(parents=True, exist_ok=True)
     storage_path = config.resolved_storage_path
@@ -216,86 +284,90 @@ def run_study(
                 f"`study run --resume` continues it. Starting a new run.")
         tune_name = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
-    started_ray = init_ray(config, address)
-    try:
-        check_resources(config)
-        tracking_uri = config.resolved_tracking_uri
-        tracker = Tracker(tracking_uri)
-        artifact_location = (output_dir / rf.ARTIFACTS_DIR).as_uri() if rf.is_local_uri(tracking_uri) else None
-        experiment_id = tracker.experiment_id(config.experiment_name, artifact_location)
-        commit = git_commit()
-        if resume:
-            parent_run_id = entry["parent_run_id"]
-            tracker.reopen(parent_run_id)
-            log(f"resuming {tune_name} at its {entry.get('stage', rf.STAGE_SEARCH)} stage "
-                f"(MLflow parent run {parent_run_id})")
-        else:
-            parent_run_id = _open_parent(tracker, experiment_id, config, tune_name, source_text, commit)
-            studies = optuna_study_names(config, tune_name)
-            entry = {
-                "tune_name": tune_name, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
-                "config_hash": config.config_hash(), "search": config.search.kind,
-                "optuna_study": studies.get(""), "optuna_studies": {m: n for m, n in studies.items() if m},
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": False,
-                "stage": rf.STAGE_SEARCH,
-                "confirm_seeds": list(config.confirm.seeds) if config.confirm is not None else None,
-            }
-            state["runs"].append(entry)
-            write_state(output_dir, state)
-        ctx = StageContext(config, storage_path, tracker, experiment_id, parent_run_id, commit, hooks, log)
-        confirm_name = f"{tune_name}-confirm"
+    log_path = output_dir / "logs" / f"{tune_name}.log"
+    with StopControl(log_path) as stop, StudyLog(log_path) as study_log, ThreadPoolExecutor(1) as pool:
+        store = pool.submit(_open_store, config, study_log, entry=entry if resume else None, tune_name=tune_name,
+                            source_text=source_text)
+        started_ray = False
         try:
-            complete = True
-            resume_confirm = resume
-            if entry.get("stage", rf.STAGE_SEARCH) == rf.STAGE_SEARCH:
-                complete = _run_search(ctx, tune_name, resume=resume)
-                if complete and entry.get("confirm_seeds"):
-                    entry.update(_begin_confirm(ctx, confirm_name))
-                    _update_run_entry(output_dir, tune_name, **{k: entry[k] for k in ("stage", "confirm_tune_name",
-                                                                                       "chosen")})
-                    resume_confirm = False
-            if complete and entry.get("stage") == rf.STAGE_CONFIRM:
-                chosen = [TrialSpec(**c["trial"]) for c in entry["chosen"]]
-                complete = _run_confirm(ctx, confirm_name, confirm_trials(chosen, entry["confirm_seeds"]),
-                                        resume=resume_confirm)
-        except BaseException as err:
-            tracker.finish(parent_run_id, rf.FAILED, "FAILED", error=f"{type(err).__name__}: {err}"[:500])
-            raise
-        if complete:
-            tracker.finish(parent_run_id, rf.FINISHED, "FINISHED")
-        else:
-            # interrupted: leave the trials' runs resumable but not "running" forever in the UI
-            for run in tracker.find_runs(experiment_id, {rf.TAG_PARENT_RUN: parent_run_id}):
-                if run.info.status == "RUNNING":
-                    tracker.call(tracker.client.set_terminated, run.info.run_id, status="KILLED")
-            tracker.finish(parent_run_id, rf.INTERRUPTED, "KILLED")
-            log(f"the study was interrupted in its {entry.get('stage', rf.STAGE_SEARCH)} stage; continue it with "
-                f"`study run ... --resume`")
-        _update_run_entry(output_dir, tune_name, complete=complete)
-        statuses = _count_statuses(tracker, experiment_id, parent_run_id)
-        log_parent_summary(tracker, config, parent_run_id, log)
-        optuna = config.search.kind == "optuna"
-        return StudyOutcome(
-            output_dir=output_dir, tune_path=_join(storage_path, tune_name), tracking_uri=tracking_uri,
-            experiment_id=experiment_id, parent_run_id=parent_run_id, complete=complete, statuses=statuses,
-            optuna_storage=optuna_storage_url(output_dir) if optuna else None,
-            optuna_study=entry.get("optuna_study"), optuna_studies=dict(entry.get("optuna_studies") or {}),
-            stage=entry.get("stage", rf.STAGE_SEARCH),
-            confirm_tune_path=_join(storage_path, confirm_name) if entry.get("stage") == rf.STAGE_CONFIRM else None,
-            chosen=list(entry.get("chosen") or []),
-        )
-    finally:
-        if started_ray:
-            import ray
+            try:
+                started_ray = init_ray(config, address)  # its one line (started, or joined) stays on the terminal
+                study_log.capture("ray")
+                stop.arm()  # ray.init installs its own SIGTERM handler
+                check_resources(config)
+                tracker, experiment_id, commit, parent_run_id = store.result()
+            except BaseException as err:
+                _abandon_store(store, err)
+                raise
+            tracking_uri = tracker.tracking_uri
+            if resume:
+                log(f"resuming {tune_name} at its {entry.get('stage', rf.STAGE_SEARCH)} stage "
+                    f"(MLflow parent run {parent_run_id})")
+            else:
+                studies = optuna_study_names(config, tune_name)
+                entry = {
+                    "tune_name": tune_name, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
+                    "config_hash": config.config_hash(), "search": config.search.kind,
+                    "optuna_study": studies.get(""), "optuna_studies": {m: n for m, n in studies.items() if m},
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": False,
+                    "stage": rf.STAGE_SEARCH,
+                    "confirm_seeds": list(config.confirm.seeds) if config.confirm is not None else None,
+                }
+                state["runs"].append(entry)
+                write_state(output_dir, state)
+            ctx = StageContext(config, storage_path, tracker, experiment_id, parent_run_id, commit, hooks, log)
+            stop.on_stuck = lambda: _end_stopped(ctx, stop, entry.get("stage", rf.STAGE_SEARCH))
+            confirm_name = f"{tune_name}-confirm"
+            try:
+                complete = True
+                resume_confirm = resume
+                if entry.get("stage", rf.STAGE_SEARCH) == rf.STAGE_SEARCH:
+                    complete = _run_search(ctx, tune_name, resume=resume)
+                    if complete and entry.get("confirm_seeds"):
+                        entry.update(_begin_confirm(ctx, confirm_name))
+                        _update_run_entry(output_dir, tune_name, **{k: entry[k] for k in ("stage", "confirm_tune_name",
+                                                                                           "chosen")})
+                        resume_confirm = False
+                if complete and entry.get("stage") == rf.STAGE_CONFIRM:
+                    chosen = [TrialSpec(**c["trial"]) for c in entry["chosen"]]
+                    complete = _run_confirm(ctx, confirm_name, confirm_trials(chosen, entry["confirm_seeds"]),
+                                            resume=resume_confirm)
+            except KeyboardInterrupt:  # a second signal, or one outside Tune: stopped where it was
+                stop.interrupted = stop.interrupted or "SIGINT"
+                complete = False
+            except BaseException as err:
+                tracker.finish(parent_run_id, rf.FAILED, "FAILED", error=f"{type(err).__name__}: {err}"[:500])
+                raise
+            if complete:
+                tracker.finish(parent_run_id, rf.FINISHED, "FINISHED")
+            else:
+                _end_stopped(ctx, stop, entry.get("stage", rf.STAGE_SEARCH))
+            _update_run_entry(output_dir, tune_name, complete=complete)
+            statuses = _count_statuses(tracker, experiment_id, parent_run_id, ctx.failures)
+            log_parent_summary(tracker, config, parent_run_id, log)
+            optuna = config.search.kind == "optuna"
+            return StudyOutcome(
+                output_dir=output_dir, tune_path=_join(storage_path, tune_name), tracking_uri=tracking_uri,
+                experiment_id=experiment_id, parent_run_id=parent_run_id, complete=complete, statuses=statuses,
+                optuna_storage=optuna_storage_url(output_dir) if optuna else None,
+                optuna_study=entry.get("optuna_study"), optuna_studies=dict(entry.get("optuna_studies") or {}),
+                stage=entry.get("stage", rf.STAGE_SEARCH),
+                confirm_tune_path=_join(storage_path, confirm_name) if entry.get("stage") == rf.STAGE_CONFIRM else None,
+                chosen=list(entry.get("chosen") or []),
+                interrupted=stop.interrupted, error=stop.error, log_path=log_path,
+            )
+        finally:
+            if started_ray:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
 
 def _run_search(ctx: StageContext, tune_name: str, *, resume: bool) -> bool:
     config = ctx.config
     expected = search_trial_count(config)
     if resume:
-        return fit(restore(ctx, tune_name), expected)
+        return fit(restore(ctx, tune_name), expected, ctx.failures)
     search_alg, num_samples = None, 1
     param_space: dict[str, Any] = {"study": constants(ctx, rf.STAGE_SEARCH)}
     if config.search.kind == "grid":
@@ -309,7 +381,7 @@ def _run_search(ctx: StageContext, tune_name: str, *, resume: bool) -> bool:
             f"(experiment {config.experiment_name!r})")
     tuner = make_tuner(ctx, tune_name, param_space, expected, search_alg=search_alg, num_samples=num_samples,
                    scheduler=make_scheduler(config), max_concurrent_trials=max_concurrent(config))
-    return fit(tuner, expected)
+    return fit(tuner, expected, ctx.failures)
 
 
 def _begin_confirm(ctx: StageContext, confirm_name: str) -> dict[str, Any]:
@@ -329,7 +401,7 @@ def _run_confirm(ctx: StageContext, confirm_name: str, specs: list[TrialSpec], *
         return True
     path = _join(ctx.storage_path, confirm_name)
     if resume and tune.Tuner.can_restore(path):
-        return fit(restore(ctx, confirm_name), len(specs))
+        return fit(restore(ctx, confirm_name), len(specs), ctx.failures)
     if resume:  # it stopped before Tune saved its state: runs Tune cannot continue would be duplicates
         _discard_confirm_runs(ctx)
     seeds = sorted({s for spec in specs for s in spec.seeds})
@@ -339,7 +411,7 @@ def _run_confirm(ctx: StageContext, confirm_name: str, specs: list[TrialSpec], *
                    "trial": tune.grid_search([spec.as_dict() for spec in specs])}
     tuner = make_tuner(ctx, confirm_name, param_space, len(specs), label="confirm ",
                    max_concurrent_trials=ctx.config.resources.max_concurrent_trials)
-    return fit(tuner, len(specs))
+    return fit(tuner, len(specs), ctx.failures)
 
 
 def _discard_confirm_runs(ctx: StageContext) -> None:

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from study import runformat as rf
 from study.options import check_options, option_defaults
 from study.plan import check_budgets, method_spaces
+from study.preflight import check_device_name, check_phases
 from study.settings import ARCH, AUTO, DATASET, DEVICE_HELP, STUDY_AXES, VAL_FRACTION, TrainConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -72,6 +73,18 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+def yaml_problem(err: yaml.YAMLError, lines: bool = True) -> str:
+    """PyYAML's multi-line error as one line: what is wrong and where (``line L, column C``,
+    or only the column for a one-line value)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    mark = getattr(err, "problem_mark", None)
+    where = ""
+    if mark is not None:
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if lines else f" at column {mark.column + 1}"
+    return f"{problem}{where}" + (f" ({context})" if context else "")
+
+
 def apply_overrides(raw: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
     """``["train.lr=0.01", "methods.l1.lam=[1e-4, 1e-3]"]`` applied to a raw study dict.
 
@@ -93,7 +106,10 @@ def apply_overrides(raw: dict[str, Any], assignments: Sequence[str]) -> dict[str
                 where = ".".join(parts[: i + 1])
                 raise ValueError(f"--set {key}: {where} is {child!r}, not a section")
             node = child
-        node[parts[-1]] = parse_yaml(value) if value.strip() else None
+        try:
+            node[parts[-1]] = parse_yaml(value) if value.strip() else None
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item}: not a valid YAML value: {yaml_problem(err, lines=False)}") from None
     return out
 
 
@@ -127,6 +143,11 @@ class DataSettings(_Section):
     root: str | None = Field(None, description="data root (default $STUDY_DATA_ROOT or ~/.cache/...)")
     download: bool = False
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per data set name")
+
+    @property
+    def resolved_root(self) -> str | None:
+        """``root`` made absolute against the working directory (None: the loader's default)."""
+        return str(Path(self.root).expanduser().resolve()) if self.root else None
 
 
 class ModelSettings(_Section):
@@ -404,8 +425,11 @@ def check_registries(config: StudyConfig) -> None:
     from study.train import check_prune_schedule
 
     for method in config.methods:
-        config.method_train(method)
+        own = config.method_train(method)
+        where = f"methods.{method}.train.device" if "device" in own else "train.device"
+        check_device_name(config.effective_train(method).device, where)
         check_prune_schedule(method_class(method), config.effective_train(method).prune_schedule)
+    check_phases(config, spaces)
     if config.search.kind == "optuna":
         if len(config.datasets) != 1 or len(config.archs) != 1:
             raise ValueError(
@@ -427,17 +451,54 @@ def check_registries(config: StudyConfig) -> None:
 # -- loading ---------------------------------------------------------------------------------
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _override_of(loc: tuple[Any, ...], message: str, overrides: Sequence[str]) -> tuple[str, bool] | None:
+    """The last ``--set`` that gave the field at ``loc`` its value (its key is ``loc`` or holds
+    it: ``train={...}`` for train.epochs), and whether its key is exactly ``loc``. An error of
+    the whole study (no ``loc``) belongs to the ``--set`` whose key its message names."""
+    path = tuple(str(p) for p in loc)
+    for item in reversed(overrides):
+        key, _, value = item.partition("=")
+        parts = tuple(key.strip().split("."))
+        if path and (path[: len(parts)] == parts or parts[: len(path)] == path):
+            return item, path == parts
+        if not path and (re.search(rf"(?<![\w.-]){re.escape(key.strip())}(?![\w-])", message)
+                         or any(f"'{name}'" in message for name in _names(parts[-1], value))):
+            return item, False
+    return None
+
+
+def _names(key: str, value: str) -> list[str]:
+    """The names a ``--set`` brings in: its last key part and the strings of its value."""
+    try:
+        parsed = parse_yaml(value)
+    except yaml.YAMLError:
+        parsed = None
+    items = parsed if isinstance(parsed, list) else list(parsed) if isinstance(parsed, dict) else [parsed]
+    return [key] + [v for v in items if isinstance(v, str)]
+
+
+def _format_validation_error(err: ValidationError, source: str, overrides: Sequence[str] = ()) -> str:
+    """One line: each problem with the field and the value given (when short); a value that came
+    from ``--set`` is named by that assignment instead of the file."""
     messages = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             valid = _valid_fields(e["loc"][:-1])
-            messages.append(f"unknown field {loc!r}" + (f"; valid: {', '.join(valid)}" if valid else ""))
+            text = f"unknown field {loc!r}" + (f"; valid: {', '.join(valid)}" if valid else "")
+            exact = False
         else:
-            msg = e["msg"].removeprefix("Value error, ")
-            messages.append(f"{loc}: {msg}" if loc else msg)
-    return f"{source}: " + "; ".join(messages)
+            text = e["msg"].removeprefix("Value error, ")
+            override = _override_of(e["loc"], text, overrides)
+            exact = override is not None and override[1]
+            value = e.get("input")
+            if (not exact and isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 60
+                    and "got " not in text):
+                text += f", got {value!r}"
+            text = f"{loc}: {text}" if loc and not exact else text
+        override = _override_of(e["loc"], text, overrides)
+        messages.append(f"--set {override[0]}: {text}" if override else f"{source}: {text}")
+    return "; ".join(messages)
 
 
 def _valid_fields(loc: tuple[Any, ...]) -> list[str]:
@@ -453,8 +514,9 @@ def _valid_fields(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def study_from_dict(raw: dict[str, Any] | None, source: str = "study") -> StudyConfig:
-    """Validate a raw study mapping; errors become one ValueError naming the field."""
+def study_from_dict(raw: dict[str, Any] | None, source: str = "study", overrides: Sequence[str] = ()) -> StudyConfig:
+    """Validate a raw study mapping; errors become one ValueError naming the field (and the
+    ``--set`` assignment among ``overrides`` that gave it its value)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -462,7 +524,7 @@ def study_from_dict(raw: dict[str, Any] | None, source: str = "study") -> StudyC
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as err:
-        raise ValueError(_format_validation_error(err, source)) from None
+        raise ValueError(_format_validation_error(err, source, overrides)) from None
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
@@ -474,8 +536,8 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
         with open(path) as stream:  # a file object: YAML errors then name the file
             raw = yaml.load(stream, Loader=_Loader)
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
+        raise ValueError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a study file must be a mapping at the top level")
-    return study_from_dict(apply_overrides(raw, overrides), str(path))
+    return study_from_dict(apply_overrides(raw, overrides), str(path), overrides)

@@ -51,7 +51,9 @@ import torch
 from study import data as data_registry
 from study import models
 from study.checkpoint import CHECKPOINT_VERSION, CheckpointError, CheckpointFolder, CheckpointSchedule
+from study.faults import one_line
 from study.methods import build_method, make_params
+from study.preflight import check_device
 from study import runformat as rf
 from study.settings import AUTO, STUDY_AXES, TrainConfig, choose_device
 from study.tracking import Tracker, table_csv
@@ -66,6 +68,17 @@ TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in STUDY_
 
 class TrialError(RuntimeError):
     """Raised by the testing hook ``fail_at_epoch``."""
+
+
+class SetupError(RuntimeError):
+    """A trial could not be set up, and a retry would fail the same way: missing or damaged
+    data, a bad option or parameter, a device the worker lacks. The driver stops the study at
+    the first one (study.faults) instead of retrying it."""
+
+
+#: Errors of a trial's setup (data, model, method, device) that a retry cannot fix. Anything
+#: else (a crash while training, MLflow trouble, a lost worker) is retried from the checkpoint.
+NOT_RETRYABLE: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, TypeError)
 
 
 # -- where a trial reports: Ray Tune, or a fake in tests ------------------------------------------
@@ -300,7 +313,7 @@ class Trial:
             with self.session.restored() as restored:
                 saved = folder.restore(*restored) if restored is not None else None
             for seed in self.seeds:
-                seeds.append(SeedRun(self, seed, device, resuming=saved is not None))
+                seeds.append(self._seed_run(seed, device, resuming=saved is not None))
             if saved is not None:
                 if len(saved["seeds"]) != len(seeds):
                     raise CheckpointError(f"the checkpoint holds {len(saved['seeds'])} seeds, this trial has "
@@ -348,6 +361,15 @@ class Trial:
             raise
         finally:
             folder.remove()
+
+    def _seed_run(self, seed: int, device: str, *, resuming: bool) -> SeedRun:
+        """One seed's data, model, method and run; a setup error no retry can fix becomes a
+        :class:`SetupError` (one line)."""
+        try:
+            check_device(device, "train.device")
+            return SeedRun(self, seed, device, resuming=resuming)
+        except NOT_RETRYABLE as err:
+            raise SetupError(one_line(err)) from err
 
     @staticmethod
     def _epoch(seeds: list[SeedRun]) -> int:

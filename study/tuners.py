@@ -7,15 +7,19 @@ trial could not.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from study import runformat as rf
 from study.progress import StageProgress, StageView, ended_line, ended_state, stop_all, trial_label
+from study.faults import StopControl, one_line, trial_error
 from study.schema import StudyConfig
 from study.tracking import Tracker
 
@@ -35,6 +39,12 @@ def trial_dirname(trial: Any) -> str:
     """Short trial folders: the generated names hold the whole config and grow too long."""
     spec = trial.config.get("trial") or {}
     return f"{spec.get('method', 'trial')}-{trial.trial_id}"
+
+
+def trial_id_of(result: Any) -> str:
+    """The Tune trial id of a result (from its folder, :func:`trial_dirname`, when the trial
+    died before it reported anything)."""
+    return str(result.metrics.get("trial_id") or Path(result.path).name.rsplit("-", 1)[-1])
 
 
 class StudyCallback(tune.Callback):
@@ -94,13 +104,30 @@ class StudyCallback(tune.Callback):
             self._close_open_runs(trial, rf.FAILED, "FAILED")
         except Exception as err:
             self.view.line(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
-        self._ended(trial, rf.FAILED, f"FAILED (see {trial.local_path})")
+        message, retryable = trial_error(trial)
+        self._ended(trial, rf.FAILED, f"FAILED: {message}")
+        if not retryable:
+            self._stop_study(message)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.view.line(f"trial {trial.trial_id} crashed; retrying from its last checkpoint")
+        message, retryable = trial_error(trial)
+        if retryable:
+            self.view.line(f"trial {trial.trial_id} crashed ({message[:200]}); retrying from its last checkpoint")
+            return
+        label = trial_label((trial.config or {}).get("trial") or {})
+        self.view.line(f"{label}: FAILED: {message}")
+        self._stop_study(message)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.view.stop()
+
+    def _stop_study(self, message: str) -> None:
+        """A trial that cannot succeed (study.trial.SetupError) stops the study at once."""
+        stop = StopControl.active
+        where = f" (tracebacks: {stop.log_path})" if stop is not None and stop.log_path else ""
+        self.view.line(f"stopping the study: a retry cannot fix this error{where}")
+        if stop is not None:
+            stop.stop(message)
 
 
 def study_constants(config: StudyConfig, tracking: dict[str, Any] | None, commit: str | None,
@@ -112,7 +139,8 @@ def study_constants(config: StudyConfig, tracking: dict[str, Any] | None, commit
         "git_commit": commit,
         "stage": stage,
         "train": config.train.model_dump(mode="json"),
-        "data": config.data.model_dump(mode="json"),
+        # a relative data root is the driver's (workers may run in another folder)
+        "data": {**config.data.model_dump(mode="json"), "root": config.data.resolved_root},
         "model": config.model.model_dump(mode="json"),
         "cpus_per_trial": config.resources.cpus_per_trial,
         "checkpoint": {"every": config.resources.checkpoint_every, "seconds": config.resources.checkpoint_seconds},
@@ -133,16 +161,26 @@ class StageContext:
     commit: str | None
     hooks: dict[str, Any] | None
     log: Log
+    failures: dict[str, str] = field(default_factory=dict)  # Tune trial id -> its error, from Tune
 
 
-def fit(tuner: Any, expected: int) -> bool:
-    """Run a Tuner; whether every expected trial ended (finished, diverged, pruned or failed)."""
+def fit(tuner: Any, expected: int, failures: dict[str, str] | None = None) -> bool:
+    """Run a Tuner; whether every expected trial ended (finished, diverged, pruned or failed)
+    and nothing stopped it (a signal, or a trial that cannot succeed: :class:`StopControl`).
+    The errors of failed trials go to ``failures``, keyed by Tune trial id: a trial that died
+    before it opened its MLflow run still counts as failed."""
+    stop = StopControl.active
     try:
-        results = tuner.fit()
+        with stop.tune_running() if stop is not None else contextlib.nullcontext():
+            results = tuner.fit()
     finally:
         stop_all()  # the live view, however the stage ended
+    for result in results:
+        if result.error is not None and failures is not None:
+            failures[trial_id_of(result)] = one_line(getattr(result.error, "cause", None) or result.error)
     ended = results.num_terminated + results.num_errors
-    return len(results) >= expected and ended == len(results)
+    stopped = stop is not None and (stop.interrupted or stop.error)
+    return not stopped and len(results) >= expected and ended == len(results)
 
 
 def constants(ctx: StageContext, stage: str) -> dict[str, Any]:
@@ -157,6 +195,8 @@ def trainable(config: StudyConfig) -> Any:
     from study.trial import run_trial
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables would drown our lines
+    # no TensorBoard or CSV files, which nothing reads (result.json stays: make_tuner's callback)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     r = config.resources
     return tune.with_resources(run_trial, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
@@ -187,7 +227,8 @@ def make_tuner(ctx: StageContext, tune_name: str, param_space: dict[str, Any], e
             failure_config=tune.FailureConfig(max_failures=r.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=r.checkpoints_to_keep),
             callbacks=[StudyCallback(ctx.tracker, ctx.experiment_id, ctx.parent_run_id, expected, label,
-                                     epochs=ctx.config.train.epochs)],
+                                     epochs=ctx.config.train.epochs),
+                       JsonLoggerCallback()],  # result.json: the benchmark and the tests read it
             verbose=0,
         ),
     )

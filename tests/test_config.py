@@ -184,7 +184,7 @@ def test_optuna_budgets_are_per_method_and_the_plan_shows_both_stages() -> None:
 
 def test_a_method_train_block_overrides_the_global_one_for_that_method_only() -> None:
     config = study_from_dict({
-        "train": {"epochs": 4, "lr": 0.1, "momentum": 0.5},
+        "train": {"epochs": 4, "reach_epochs": 2, "lr": 0.1, "momentum": 0.5},
         "methods": {
             "sparse-vd": {"warmup_epochs": 5, "train": {"optimizer": "adam", "lr": "1e-3", "epochs": 6}},
             "l1": {"lam": [1e-4, 1e-3]},
@@ -257,7 +257,12 @@ def test_tracking_uris_are_made_absolute(tmp_path: Path, monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_config_validates(path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert cli.main(["validate", str(path)]) == 0
+    """Every shipped study is valid; checked against this machine, the only errors allowed are
+    the machine's (no GPU, data not here), and as a cluster study (the nodes have them) it passes."""
+    if cli.main(["validate", str(path)]) != 0:
+        err = capsys.readouterr().err
+        assert "no GPU" in err or "not found" in err or "no ImageFolder layout" in err, err
+        assert cli.main(["validate", str(path), "--address", "10.0.0.1:6379"]) == 0
     out = capsys.readouterr().out
     assert "valid study" in out and ("grid search:" in out or "optuna search" in out)
     assert load_study(path).name == path.stem
