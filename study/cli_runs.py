@@ -57,8 +57,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import make_report
     from analysis.sections import slug
 
+    path = Path(args.target)
+    if args.reference is not None and path.is_file():  # before looking for any run
+        from study.schema import load_study
+
+        choose_reference(load_study(path, args.set or ()).methods, args.reference)
     found = _locate(args)
-    if found.study is not None and args.reference is not None:  # before loading any run
+    if found.study is not None and args.reference is not None:
         choose_reference(found.study.methods, args.reference)
     runs, study = _load(found)
     if args.out:
