@@ -247,7 +247,7 @@ TARGET_HELP = "study YAML file, study output folder, or MLflow experiment name"
 
 def _lookup_options(p: argparse.ArgumentParser, sets: dict[str, Any]) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the study's; "
-                   "see README, Where results go)")
+                   "see the README's section on finding a study's runs)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the study's)")
     p.add_argument("--set", **{**sets, "help": "with a study file: " + sets["help"]})
 
