@@ -8,10 +8,10 @@ point only once every one of its other trials has reached it (see ``pareto.aggre
 The entry point is ``make_report(runs, out_dir, target_error=..., study_target=...)``, with
 values already resolved: ``study report`` (``study.cli.cmd_report``) finds the runs, the
 folder and the study's target from the validated study file or the study's own parent run.
-This module computes the frames, from each method's confirm runs where it has any, else its
-search runs (``runs.prefer_confirm``): seed aggregates, fronts, operating points and the
-compression at matched validation error against the reference method (:mod:`analysis.matched`);
-and, for the selection view, the same from the search runs alone (``selection_frames``);
+The frames come from :func:`analysis.results.study_results` (each method's confirm runs
+where it has any, else its search runs: seed aggregates, fronts, operating points and the
+compression at matched validation error against the reference method); this module adds,
+for the selection view, the same from the search runs alone (``selection_frames``);
 :mod:`analysis.sections` writes the prose and figures into an
 :class:`analysis.document.Document`.
 """
@@ -22,20 +22,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import matched, sections, tables
+from analysis import sections, tables
 from analysis.document import Document
-from analysis.pareto import aggregate_seeds, pareto_front
-from analysis.runs import Runs, prefer_confirm, stages_used
-from analysis.selection import (GROUP, TARGET_GROUP, Target, reference_points, resolve_targets,
-                                select_operating_points)
+from analysis.pareto import pareto_front
+from analysis.results import aggregate, select, study_results
+from analysis.runs import Runs
+from analysis.selection import GROUP, Target, reference_points
 from study import runformat as rf
-from study.runformat import KEY_METRICS
 
 ARTIFACT_PATH = "report"
-#: The aggregated frame of a study that has not logged a complete epoch yet.
-EMPTY_POINTS_COLUMNS: tuple[str, ...] = (
-    "config", "epoch", *GROUP, "phase", "n_seeds", "n_trials", "complete", "candidate",
-    "compression_mean", "compression_std", "val_error_mean", "test_error_mean", "test_error_std")
 
 
 def make_report(
@@ -58,26 +53,16 @@ def make_report(
     ``reference``: the method the matched comparison compares against (default ``decay``,
     else ``weight-decay``; see ``matched.choose_reference``).
     """
-    reference = matched.choose_reference(study_methods(runs), reference)
+    res = study_results(runs, target_error=target_error, study_target=study_target, reference=reference)
     out = Path(out_dir)
     fig_dir, tab_dir = out / "figures", out / "tables"
     fig_dir.mkdir(parents=True, exist_ok=True)
     tab_dir.mkdir(parents=True, exist_ok=True)
     entries = ([] if literature is False else
                tables.load_literature(None if literature in (True, None) else literature))
-
-    usable = prefer_confirm(runs.usable_epochs())
-    stages = stages_used(usable)
-    carry = [c for c in ("setting", *runs.config_params) if c in usable.columns]
-    agg = _aggregate(usable, carry)
-    points = agg[agg["candidate"].astype(bool)]
-    front = pareto_front(points, x="compression_mean", y="test_error_mean", by=GROUP)
-    agg["on_front"] = agg.index.isin(front.index)
-    targets = resolve_targets(agg, explicit=target_error, study=study_target)
-    selected = _select(agg, targets)
-    unpruned = reference_points(agg)
-    matched_seeds, comparison = matched.matched_frames(usable, agg, selected, targets, reference)
-    search = selection_frames(runs.usable_epochs(), carry, targets, (agg, selected, unpruned))
+    usable, agg, points, front = res.usable, res.agg, res.points, res.front
+    targets, selected = res.targets, res.selected
+    search = selection_frames(runs.usable_epochs(), res.carry, targets, (agg, selected, res.unpruned))
 
     agg.to_csv(tab_dir / "points.csv", index=False)
     front.to_csv(tab_dir / "pareto_front.csv", index=False)
@@ -96,8 +81,8 @@ def make_report(
     for (arch, dataset), target in sorted(targets.items()):
         part = sections.Slice.of(arch, dataset, target, runs.layers_of(arch), agg=agg,
                                  points=points, front=front, selected=selected,
-                                 reference=unpruned, stages=stages,
-                                 matched_seeds=matched_seeds, matched=comparison,
+                                 reference=res.unpruned, stages=res.stages,
+                                 matched_seeds=res.matched_seeds, matched=res.matched,
                                  **{f"search_{k}": v for k, v in search.items()})
         sections.arch_section(doc, part, runs, entries, usable_ids, fig_dir, tab_dir)
     sections.files(doc, out)
@@ -108,21 +93,6 @@ def make_report(
     return out
 
 
-def _aggregate(epochs: pd.DataFrame, carry: list[str]) -> pd.DataFrame:
-    if all(c in epochs.columns for c in KEY_METRICS):
-        return aggregate_seeds(epochs, carry=carry)
-    return pd.DataFrame(columns=list(EMPTY_POINTS_COLUMNS))  # nothing logged yet
-
-
-def _select(agg: pd.DataFrame, targets: dict[tuple, Target]) -> pd.DataFrame:
-    keys = [c for c in TARGET_GROUP if c in agg.columns]
-    if len(agg) and keys:  # only the architectures and data sets a target was resolved for
-        agg = agg[[tuple(k) in targets for k in agg[keys].itertuples(index=False)]]
-    if agg.empty:
-        return pd.DataFrame(columns=[*GROUP, "met_target", "target_error"])
-    return select_operating_points(agg, targets)
-
-
 def selection_frames(usable: pd.DataFrame, carry: list[str], targets: dict[tuple, Target],
                      report_frames: tuple[pd.DataFrame, ...]) -> dict[str, pd.DataFrame]:
     """The selection view's frames, from the search runs only (where each method's
@@ -131,19 +101,13 @@ def selection_frames(usable: pd.DataFrame, carry: list[str], targets: dict[tuple
     ``reference`` (the unpruned method's best validation error). A study without confirm runs
     reuses the report's own aggregate, operating points and reference (``report_frames``)."""
     if "stage" in usable.columns and (usable["stage"] == rf.STAGE_CONFIRM).any():
-        agg = _aggregate(usable[usable["stage"] == rf.STAGE_SEARCH], carry)
-        selected, reference = _select(agg, targets), reference_points(agg)
+        agg = aggregate(usable[usable["stage"] == rf.STAGE_SEARCH], carry)
+        selected, reference = select(agg, targets), reference_points(agg)
     else:
         agg, selected, reference = report_frames
     points = agg[agg["candidate"].astype(bool)]
     front = pareto_front(points, x="compression_mean", y="val_error_mean", by=GROUP)
     return {"points": points, "front": front, "selected": selected, "reference": reference}
-
-
-def study_methods(runs: Runs) -> set[str]:
-    """The methods of the study: those of its runs and those its logged study names."""
-    methods = set(runs.trials["method"]) if "method" in runs.trials.columns else set()
-    return methods | set((runs.study or {}).get("methods") or {})
 
 
 def log_report(runs: Runs, out: Path) -> bool:

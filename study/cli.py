@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import sys
 import textwrap
 import time
@@ -82,28 +81,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-class EpochPrinter:
-    """Prints one aligned row per epoch: the progress display of `study train`."""
-
-    columns = ("epoch", "phase", "train_loss", "val_error", "test_error", "compression", "epoch_seconds")
-    header = f"{'epoch':>9} {'phase':>8} {'train loss':>10} {'val err%':>8} {'test err%':>9} {'compr.':>8} {'sec':>5}"
-
-    def __init__(self, epochs: int, quiet: bool = False) -> None:
-        self.epochs, self.quiet = epochs, quiet
-        if not quiet:
-            console.print(self.header, style="bold")
-
-    def on_epoch_end(self, record: dict[str, Any], checkpoint: Any) -> None:
-        if self.quiet:
-            return
-        r = record
-        console.print(
-            f"{r['epoch']:>4}/{self.epochs:<4} {r['phase']:>8} {r['train_loss']:>10.4f} "
-            f"{r['val_error']:>8.2f} {r['test_error']:>9.2f} {r['compression']:>7.2f}x {r['epoch_seconds']:>5.2f}",
-            highlight=False,
-        )
-
-
 def layer_table(layers: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
@@ -128,6 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from study.methods import build_method, method_class
     from study.options import parse_assignments
     from study.preflight import check_device, largest_initial_weight, phase_error, threshold_warning
+    from study.progress import EpochPrinter
     from study.settings import TrainConfig, choose_device
     from study.train import fit, method_context, seed_everything
 
@@ -156,20 +134,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if warning:
         _say(warning)
     if not args.quiet:
+        params = " ".join(f"{k}={_show(v)}" for k, v in vars(method.params).items()) or "no parameters"
         console.print(
             f"[bold]{args.method}[/] on [bold]{args.dataset}[/] ({len(bundle.train)} train / {len(bundle.val)} val / "
-            f"{len(bundle.test)} test), {args.arch}, {config.device}, params {method.params}",
-            highlight=False,
+            f"{len(bundle.test)} test), {args.arch}, {config.device}: {params}",
+            highlight=False, soft_wrap=True,
         )
     result = fit(model, method, bundle, config, callbacks=[EpochPrinter(config.epochs, args.quiet)])
     if not args.quiet:
         console.print(layer_table(result.layers))
-        last = result.history[-1]
-        console.print(
-            f"status {result.status}: test error {last['test_error']:.2f}%, compression {last['compression']:.2f}x, "
-            f"{int(last['nonzero']):,} nonzero weights, {last['memory_kb']:.2f} kB",
-            highlight=False,
-        )
+    last = result.history[-1]
+    console.print(  # the one line --quiet prints too
+        f"status {result.status}: test error {last['test_error']:.2f}%, compression {last['compression']:.2f}x, "
+        f"{int(last['nonzero']):,} nonzero weights, {last['memory_kb']:.2f} kB",
+        highlight=False, soft_wrap=True,
+    )
     if args.json:
         out = {
             "dataset": args.dataset, "arch": args.arch, "method": args.method, "seed": args.seed,
@@ -240,7 +219,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--download", action="store_true", help="let torchvision download missing data sets")
     p.add_argument("--json", metavar="FILE", help="write the per-epoch history and final per-layer table here")
     p.add_argument("--save", metavar="FILE", help="save the final model state_dict here")
-    p.add_argument("--quiet", action="store_true", help="print nothing while training")
+    p.add_argument("--quiet", action="store_true", help="print only the final line")
     p.set_defaults(func=cmd_train)
 
 
@@ -316,9 +295,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from study.plan import describe_plan
     from study.runner import load_optuna_study, run_study
 
+    from study.cli_runs import already_complete, record_in_index
+
     config = _load_study(args)
+    done = None if args.resume or args.force else already_complete(config)
+    if done:
+        _say(done)
+        return 0
     if not args.quiet:
         _say(describe_plan(config))
+    record_in_index(config, args.file)
     start = time.perf_counter()
     outcome = run_study(config, address=args.address, resume=args.resume, source_text=Path(args.file).read_text())
     took = time.perf_counter() - start
@@ -349,57 +335,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    """Resolve the report's inputs once, then write it. A study file (validated, with --set)
-    names the runs (tracking URI, experiment), the folder (<output_dir>/report) and the
-    selection target (its train.target_error). A study folder or an experiment name names
-    the runs; the target is then that of the study the parent run logged (its study.yaml,
-    validated the same way). --tracking-uri, --experiment, --out and --target-error win.
-    --reference must name a method of the study (checked before the runs are read when a
-    study file names the methods)."""
-    # lazily: the analysis side is heavy
-    from analysis.report import make_report
-    from analysis.runs import list_experiments, load_runs
-    from analysis.matched import choose_reference
-    from analysis.sections import slug
-    from study import runformat as rf
-    from study.schema import load_study, study_from_dict
-
-    path = Path(args.target)
-    if args.set and not path.is_file():
-        raise ValueError(f"--set overrides fields of a study file; {args.target!r} is not one")
-    study = load_study(path, args.set or ()) if path.is_file() else None
-    if study is not None and args.reference is not None:  # before loading any run
-        choose_reference(study.methods, args.reference)
-    if study is not None:
-        tracking_uri = args.tracking_uri or study.resolved_tracking_uri
-        experiment = args.experiment or study.experiment_name
-        out = Path(args.out) if args.out else study.output_path / "report"
-    elif path.is_dir():
-        tracking_uri = args.tracking_uri or rf.folder_tracking_uri(path)
-        names = [args.experiment] if args.experiment else list_experiments(
-            rf.absolute_tracking_uri(tracking_uri))
-        if len(names) != 1:
-            raise ValueError(f"{path} holds experiments {names}; name one with --experiment")
-        experiment = names[0]
-        out = Path(args.out) if args.out else path / "report"
-    else:
-        tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if not tracking_uri:
-            raise ValueError(f"{args.target!r} is neither a study file nor a study folder; "
-                             "give --tracking-uri for an experiment name")
-        experiment = args.experiment or args.target
-        out = Path(args.out) if args.out else Path(f"report-{slug(experiment)}")
-    runs = load_runs(tracking_uri, experiment)
-    if study is None and runs.study is not None:  # the study these runs were made by
-        study = study_from_dict(runs.study, f"{rf.STUDY_YAML} of parent run {runs.parent_run_id}")
-    written = make_report(runs, out, target_error=args.target_error,
-                          study_target=study.train.target_error if study else None,
-                          reference=args.reference)
-    print(written)
-    return 0
-
-
 def add_study_parsers(sub: argparse._SubParsersAction) -> None:
     sets = {"action": "append", "metavar": "KEY=VALUE",
             "help": "override a study field, repeatable; dotted keys, YAML values, e.g. "
@@ -424,6 +359,8 @@ def add_study_parsers(sub: argparse._SubParsersAction) -> None:
                    "(default: $RAY_ADDRESS, else start Ray in-process)")
     p.add_argument("--resume", action="store_true",
                    help="continue the study's last interrupted run (Tuner.restore) instead of starting a new one")
+    p.add_argument("--force", action="store_true",
+                   help="run the study again even when its latest run (same study file and --set) is complete")
     p.add_argument("--quiet", action="store_true", help="do not print the plan first")
     p.set_defaults(func=cmd_run)
 
@@ -446,21 +383,9 @@ def add_study_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show", action="store_true", help="also print the full study with every default filled in")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("report", help="tables and figures from a study's finished runs",
-                       description="Turn finished runs into Pareto fronts, per-layer profiles, training curves "
-                       "and tables (Markdown, LaTeX, CSV; figures as PNG and PDF).")
-    p.add_argument("target", help="study YAML file, study output folder, or MLflow experiment name")
-    p.add_argument("--out", default=None, help="report folder (default <output_dir>/report)")
-    p.add_argument("--target-error", type=float, default=None,
-                   help="validation error (%%) an operating point may not exceed (default: the study's "
-                   "train.target_error, else the best validation error of `none` + 0.5)")
-    p.add_argument("--reference", default=None, metavar="METHOD",
-                   help="the method every other is compared with at matched validation error "
-                   "(default: decay when the study has it, else weight-decay)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the study's)")
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the study's)")
-    p.add_argument("--set", **{**sets, "help": "with a study file: " + sets["help"]})
-    p.set_defaults(func=cmd_report)
+    from study.cli_runs import add_parsers
+
+    add_parsers(sub, sets)
 
 
 def build_parser() -> argparse.ArgumentParser:

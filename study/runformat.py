@@ -11,11 +11,15 @@ standard library (no torch, no pandas): ``analysis`` may import it and nothing e
 The layout of one study in MLflow:
 
 - experiment = the study's experiment name (default: the study name);
-- parent run: tags ``study.role=parent``, ``study.name``, ``study.config_hash``,
-  ``study.search``, ``study.tune_name``, ``status``, the git commit; params ``study.*``;
-  artifacts ``study.yaml`` (the validated study) and ``study.source.yaml`` (the file as
-  written); an interrupted study ends KILLED with ``status=interrupted``;
-- child run per trial (per seed): tags ``mlflow.parentRunId``, ``study.role=trial``,
+- parent run, named after the study: tags ``study.role=parent``, ``study.name``,
+  ``study.config_hash``, ``study.search``, ``study.tune_name``, ``status``, the git commit,
+  the study's description (``mlflow.note.content``); params ``study.*``; artifacts
+  ``study.yaml`` (the validated study) and ``study.source.yaml`` (the file as written); when
+  the study ends, summary metrics (``trials.<status>``, ``target_error``,
+  ``compression_at_target.<method>``, ``test_error_at_target.<method>``); an interrupted
+  study ends KILLED with ``status=interrupted``;
+- child run per trial (per seed), named by :func:`run_name` (``sensitivity-spec lam=1e-3
+  T=0.02 s0``): tags ``mlflow.parentRunId``, ``study.role=trial``,
   ``study.trial_id``, ``study.tune_trial_id``, ``status`` (running, finished, diverged,
   failed, pruned), ``study.stage`` (search or confirm), ``study.attempts``, ``study.device``,
   ``architecture`` (the remaining units, updated as epochs are logged); params ``method``, ``arch``,
@@ -198,6 +202,18 @@ NON_CONFIG_PARAMS: tuple[str, ...] = (f"{TRAIN_PREFIX}device",)
 #: The parent run's params (``study.<key>``).
 STUDY_PARAM_PREFIX = "study."
 
+# -- the parent run's summary metrics (logged when the study ends) ---------------------------------
+#: ``trials.<status>``: the study's trials by status.
+SUMMARY_TRIALS_PREFIX = "trials."
+#: ``target_error``: the selection target (validation error, %), as the report resolves it.
+SUMMARY_TARGET = "target_error"
+#: ``compression_at_target.<method>`` and ``test_error_at_target.<method>``: each method at its
+#: operating point (the report's selection rule); ``<arch>.<dataset>.`` comes before the method
+#: (and after ``target_error``) when the study has several.
+SUMMARY_COMPRESSION_PREFIX = "compression_at_target."
+SUMMARY_TEST_ERROR_PREFIX = "test_error_at_target."
+#: The tag MLflow shows as a run's description.
+TAG_DESCRIPTION = "mlflow.note.content"
 
 
 def split_variant(method: str) -> tuple[str, str]:
@@ -214,6 +230,8 @@ HISTORY_CSV = "history.csv"
 LAYER_COLUMNS: tuple[str, ...] = ("layer", "total", "nonzero", "bias_total", "bias_nonzero", REMAINING_PCT)
 #: The SQLite store a study keeps in its output folder by default.
 STORE_FILE = "mlflow.db"
+#: Where a study with a local store keeps its artifacts: ``<output_dir>/mlartifacts``.
+ARTIFACTS_DIR = "mlartifacts"
 
 
 # -- records → MLflow ------------------------------------------------------------------------------
@@ -299,3 +317,53 @@ def folder_tracking_uri(folder: str | Path) -> str:
 
 def is_local_uri(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:"))
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The file (``sqlite:///``) or folder (``file:``) of a local store; None for a server."""
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    if uri.startswith("file:"):
+        return Path(unquote(urlparse(uri).path))
+    return None
+
+
+def store_exists(uri: str) -> bool:
+    """Whether reading ``uri`` finds a store instead of creating an empty one (MLflow creates
+    a missing SQLite file or ``file:`` folder when it opens it); a server is assumed to exist."""
+    path = local_store_path(uri)
+    return path is None or path.exists()
+
+
+# -- run names ---------------------------------------------------------------------------------------
+#: Short names of parameters in run names (the paper's T).
+PARAM_ABBREVIATIONS: dict[str, str] = {"threshold": "T"}
+
+
+def short_number(value: Any) -> str:
+    """A number as short as it reads unambiguously: 0.001 → ``1e-3``, 0.02 → ``0.02``,
+    1e-05 → ``1e-5``, 3.0 → ``3``; anything else as ``str``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int) or (value == int(value) and abs(value) < 1e5):
+        return str(int(value))
+    plain = f"{value:g}"
+    mantissa, exponent = f"{value:.6e}".split("e")
+    scientific = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return scientific if len(scientific) < len(plain) else plain.replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """``lam=1e-3 T=0.02``: parameters as run names and `study status` show them."""
+    return " ".join(f"{PARAM_ABBREVIATIONS.get(k, k)}={short_number(v)}" for k, v in params.items())
+
+
+def run_name(method: str, params: dict[str, Any], seed: int, stage: str = STAGE_SEARCH) -> str:
+    """A trial run's name: the method, the parameters the study sets or searches, the seed and,
+    for the confirm stage, ``confirm``: ``sensitivity-spec lam=1e-3 T=0.02 s0``."""
+    parts = [method, *([params_text(params)] if params else []), f"s{seed}"]
+    if stage == STAGE_CONFIRM:
+        parts.append(STAGE_CONFIRM)
+    return " ".join(parts)

@@ -15,7 +15,8 @@ parent run, resume, cluster.
    from the search runs by the report's selection rule (:mod:`study.stages`) is retrained on
    the fresh seeds, as a grid with no early stopping; runs tagged ``study.stage=confirm``,
    children of the same parent run;
-5. closes the parent run and returns a summary.
+5. closes the parent run, logs its summary metrics (:mod:`study.summary`) and returns a
+   summary.
 
 Every run of a study gets a Tune experiment ``<storage_path>/<name>-<timestamp>`` for its
 search (default ``<output_dir>/ray``), and ``<name>-<timestamp>-confirm`` for its confirm
@@ -29,7 +30,6 @@ when it began.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,17 +48,18 @@ from study.faults import MLFLOW_LOGGERS, StopControl, StudyLog  # noqa: E402
 from study.plan import TrialSpec, confirm_trials, grid_trials, search_trial_count  # noqa: E402
 from study.preflight import check_study, ray_address  # noqa: E402
 from study.schema import StudyConfig  # noqa: E402
+from study.state import STATE_FILE, read_state, write_state  # noqa: E402,F401  (re-exported)
+from study.state import update_run_entry as _update_run_entry  # noqa: E402
 from study.search import (  # noqa: E402
     make_scheduler, make_searcher, max_concurrent, optuna_storage_url, optuna_study_names,
 )
+from study.summary import log_parent_summary  # noqa: E402
 from study.tracking import Tracker, git_commit  # noqa: E402
 from study.tuners import (  # noqa: E402
     Log, StageContext, constants, fit, make_tuner, restore, to_stderr,
 )
 from study.tuners import experiment_path as _join  # noqa: E402
 from study.tuners import study_constants as _study_constants  # noqa: E402,F401  (tests build trial configs)
-
-STATE_FILE = "study.json"
 
 # -- the outcome --------------------------------------------------------------------------------
 
@@ -86,31 +87,6 @@ class StudyOutcome:
     def failed(self) -> int:
         """Failed trial runs, counting trials that failed before they opened one."""
         return self.statuses.get(rf.FAILED, 0)
-
-
-# -- the study's state file ---------------------------------------------------------------------
-
-
-def read_state(output_dir: Path) -> dict[str, Any]:
-    path = output_dir / STATE_FILE
-    if not path.is_file():
-        return {"runs": []}
-    return json.loads(path.read_text())
-
-
-def write_state(output_dir: Path, state: dict[str, Any]) -> None:
-    path = output_dir / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(path)
-
-
-def _update_run_entry(output_dir: Path, tune_name: str, **changes: Any) -> None:
-    state = read_state(output_dir)
-    for entry in state["runs"]:
-        if entry["tune_name"] == tune_name:
-            entry.update(changes)
-    write_state(output_dir, state)
 
 
 # -- Ray ------------------------------------------------------------------------------------------
@@ -184,6 +160,8 @@ def _open_parent(tracker: Tracker, experiment_id: str, config: StudyConfig, tune
     }
     if commit:
         tags[rf.TAG_GIT_COMMIT] = commit
+    if config.description:
+        tags[rf.TAG_DESCRIPTION] = config.description
     run_id = tracker.create_run(experiment_id, config.name, tags)
     params = {
         "config_hash": config.config_hash(),
@@ -227,7 +205,7 @@ def _open_store(config: StudyConfig, study_log: StudyLog, *, entry: dict[str, An
 
     study_log.capture(*MLFLOW_LOGGERS)
     tracker = Tracker(config.resolved_tracking_uri)
-    artifact_location = (config.output_path / "mlartifacts").as_uri() if rf.is_local_uri(tracker.tracking_uri) else None
+    artifact_location = (config.output_path / rf.ARTIFACTS_DIR).as_uri() if rf.is_local_uri(tracker.tracking_uri) else None
     experiment_id = tracker.experiment_id(config.experiment_name, artifact_location)
     commit = git_commit()
     if entry is not None:
@@ -366,6 +344,7 @@ def run_study(
                 _end_stopped(ctx, stop, entry.get("stage", rf.STAGE_SEARCH))
             _update_run_entry(output_dir, tune_name, complete=complete)
             statuses = _count_statuses(tracker, experiment_id, parent_run_id, ctx.failures)
+            log_parent_summary(tracker, config, parent_run_id, log)
             optuna = config.search.kind == "optuna"
             return StudyOutcome(
                 output_dir=output_dir, tune_path=_join(storage_path, tune_name), tracking_uri=tracking_uri,

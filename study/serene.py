@@ -134,7 +134,7 @@ def neuron_sensitivity(model: nn.Module, x: Tensor, approach: Approach = "full",
 
 @dataclass
 class SereneParams(ThresholdParams):
-    # Defaults: the sensitivity methods' λ and T (see the README for the digits numbers).
+    # Defaults: the sensitivity methods' λ and T (see docs/methods.md for the digits numbers).
     lam: float = 1e-3  # λ: the decay per step, not scaled by the learning rate
     threshold: float = 3e-2  # T: |w| < T is pruned at the end of every sparsify epoch
     approach: Approach = "full"  # "full" or "lower-bound" (one backward)

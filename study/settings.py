@@ -10,7 +10,7 @@ that need these settings derive them from it, so that a default is written once:
 
 ``epochs`` defaults to 20: a first run, or a study of many trials, that finishes in about a
 minute on a laptop (digits / LeNet-300-100). The method defaults were tuned with 200 epochs; the
-README's commands that reproduce those numbers pass ``--epochs 200``.
+commands in docs/methods.md that reproduce those numbers pass ``--epochs 200``.
 
 Standard library only (torch is imported lazily by :func:`choose_device`): the schema and the
 CLI's help read this module without loading torch.

@@ -231,8 +231,9 @@ class Trainer:
         return TrainResult(history=self.state.history, layers=self.layers(), status=self.status)
 
     # -- one epoch ---------------------------------------------------------------------------
-    def run_epoch(self) -> dict[str, Any]:
-        """Train one epoch of the current phase, evaluate, and return its record."""
+    def run_epoch(self, on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Train one epoch of the current phase, evaluate, and return its record.
+        ``on_batch(seen, total)`` follows the training samples of the epoch (a progress bar)."""
         if self.done:
             raise RuntimeError(f"the run is over ({self.stop_reason}) after epoch {self.state.epoch}")
         model, method, config, state = self.model, self.method, self.config, self.state
@@ -248,6 +249,8 @@ class Trainer:
                 break
             loss_sum += loss.item() * len(y)
             seen += len(y)
+            if on_batch is not None:
+                on_batch(seen, len(self.data.train))
         train_loss = float("nan") if diverged else loss_sum / max(seen, 1)
         if not diverged:
             method.end_epoch(model, state.epoch, state.phase)
@@ -362,7 +365,8 @@ def fit(
     """Train ``model`` with ``method`` through both phases; return the per-epoch history.
 
     A loop over :class:`Trainer`; ``resume`` is a ``Trainer.state_dict()``. Each callback gets
-    every record and a function that returns a copy of the trainer's state at that point."""
+    every record and a function that returns a copy of the trainer's state at that point; the
+    first with an ``on_batch`` method also gets ``on_batch(seen, total)`` within each epoch."""
     trainer = Trainer(model, method, data, config)
     if resume is not None:
         trainer.load_state_dict(resume)
@@ -371,8 +375,9 @@ def fit(
         # A deep copy: the live tensors keep changing after the callback returns.
         return copy.deepcopy(trainer.state_dict())
 
+    on_batch = next((c.on_batch for c in callbacks if hasattr(c, "on_batch")), None)
     while not trainer.done:
-        record = trainer.run_epoch()
+        record = trainer.run_epoch(on_batch)
         for callback in callbacks:
             callback.on_epoch_end(record, checkpoint)
     return trainer.result()

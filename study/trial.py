@@ -217,7 +217,7 @@ class SeedRun:
             }
             if trial.study.get("git_commit"):
                 tags[rf.TAG_GIT_COMMIT] = trial.study["git_commit"]
-            name = f"{trial.method}-s{self.seed}-{trial.trial_id}"
+            name = rf.run_name(trial.method, trial.params, self.seed, tags[rf.TAG_STAGE])
             self.run_id = tracker.create_run(experiment_id, name, tags)
         params = rf.trial_params(
             method=trial.method, arch=trial.arch, dataset=trial.dataset, seed=self.seed,

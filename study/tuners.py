@@ -1,6 +1,7 @@
 """The Tune experiment of one stage of a study: the trainable, a new or restored Tuner, the
 trials' shared constants (with the stage their runs are tagged with), and the driver-side
-callback that prints one line per ended trial and closes the MLflow runs a trial could not.
+callback that shows the stage's progress (:mod:`study.progress`) and closes the MLflow runs a
+trial could not.
 
 :mod:`study.runner` decides which stages run; this module builds each one's Tuner.
 """
@@ -17,6 +18,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from study import runformat as rf
+from study.progress import StageProgress, StageView, ended_line, ended_state, stop_all, trial_label
 from study.faults import StopControl, one_line, trial_error
 from study.schema import StudyConfig
 from study.tracking import Tracker
@@ -46,13 +48,24 @@ def trial_id_of(result: Any) -> str:
 
 
 class StudyCallback(tune.Callback):
-    """Prints one line per ended trial and closes MLflow runs the trial could not close
-    itself: stopped by the scheduler (``pruned``) or dead for good (``failed``)."""
+    """The stage's progress (:mod:`study.progress`: a live view on a terminal, else one line
+    per ended trial) and the MLflow runs a trial could not close itself: stopped by the
+    scheduler (``pruned``) or dead for good (``failed``)."""
 
     def __init__(self, tracker: Tracker, experiment_id: str, parent_run_id: str, total: int,
-                 label: str = "") -> None:
+                 label: str = "", epochs: int = 0, live: bool | None = None) -> None:
         self.tracker, self.experiment_id, self.parent_run_id = tracker, experiment_id, parent_run_id
-        self.total, self.ended, self.label = total, 0, label
+        self.view = StageView(StageProgress(total, epochs, label), live)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a Tune experiment saved by an older version (total, ended, label; no view) resumes too
+        if "view" not in state:
+            state["view"] = StageView(StageProgress(state.get("total", 0), 0, state.get("label", "")))
+        self.__dict__.update(state)
+
+    @property
+    def progress(self) -> StageProgress:
+        return self.view.progress
 
     def _close_open_runs(self, trial: Any, status: str, mlflow_status: str) -> None:
         runs = self.tracker.find_runs(
@@ -62,59 +75,57 @@ class StudyCallback(tune.Callback):
             if run.data.tags.get(rf.TAG_STATUS) == rf.RUNNING:
                 self.tracker.finish(run.info.run_id, status, mlflow_status)
 
-    def _line(self, trial: Any, what: str, ended: bool = True) -> None:
-        self.ended += ended
-        spec = trial.config.get("trial") or {}
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in (spec.get("params") or {}).items())
-        r = trial.last_result or {}
-        numbers = ""
-        if "val_error" in r:
-            numbers = (f"  epoch {int(r.get('epoch', 0))}, val error {r['val_error']:.2f}%, "
-                       f"compression {r.get('compression', float('nan')):.2f}x")
-        seeds = spec.get("seeds", [])
-        who = f"{spec.get('method', '?')} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
-        count = f"[{self.ended}/{self.total}] " if ended else ""
-        to_stderr(f"{self.label}{count}{who}{' ' + params if params else ''}: {what}{numbers}")
+    def _ended(self, trial: Any, state: str, what: str) -> None:
+        self.progress.end(trial, state)
+        label = trial_label((trial.config or {}).get("trial") or {})
+        self.view.line(ended_line(self.progress, label, what, trial.last_result))
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.progress.update(trials)
+        self.view.start()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.progress.result(trial, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
         try:
             self._close_open_runs(trial, rf.PRUNED, "FINISHED")
         except Exception as err:  # tracking trouble must not stop the study
-            to_stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
-        if not r.get("final"):
-            what = rf.PRUNED
-        elif r.get("diverged_seeds"):
-            what = "diverged" if r.get("num_seeds", 1) == 1 else f"finished ({int(r['diverged_seeds'])} seeds diverged)"
-        else:
-            what = rf.FINISHED
-        self._line(trial, what)
+            self.view.line(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
+        state = ended_state(r)
+        what = state
+        if state == rf.FINISHED and r.get("diverged_seeds"):
+            what = f"finished ({int(r['diverged_seeds'])} seeds diverged)"
+        self._ended(trial, state, what)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         try:
             self._close_open_runs(trial, rf.FAILED, "FAILED")
         except Exception as err:
-            to_stderr(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
+            self.view.line(f"warning: could not close the MLflow runs of {trial.trial_id}: {err}")
         message, retryable = trial_error(trial)
-        self._line(trial, f"FAILED: {message}")
+        self._ended(trial, rf.FAILED, f"FAILED: {message}")
         if not retryable:
             self._stop_study(message)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         message, retryable = trial_error(trial)
         if retryable:
-            to_stderr(f"trial {trial.trial_id} crashed ({message[:200]}); retrying from its last checkpoint")
+            self.view.line(f"trial {trial.trial_id} crashed ({message[:200]}); retrying from its last checkpoint")
             return
-        self._line(trial, f"FAILED: {message}", ended=False)
+        label = trial_label((trial.config or {}).get("trial") or {})
+        self.view.line(f"{label}: FAILED: {message}")
         self._stop_study(message)
 
-    @staticmethod
-    def _stop_study(message: str) -> None:
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.view.stop()
+
+    def _stop_study(self, message: str) -> None:
         """A trial that cannot succeed (study.trial.SetupError) stops the study at once."""
         stop = StopControl.active
         where = f" (tracebacks: {stop.log_path})" if stop is not None and stop.log_path else ""
-        to_stderr(f"stopping the study: a retry cannot fix this error{where}")
+        self.view.line(f"stopping the study: a retry cannot fix this error{where}")
         if stop is not None:
             stop.stop(message)
 
@@ -159,8 +170,11 @@ def fit(tuner: Any, expected: int, failures: dict[str, str] | None = None) -> bo
     The errors of failed trials go to ``failures``, keyed by Tune trial id: a trial that died
     before it opened its MLflow run still counts as failed."""
     stop = StopControl.active
-    with stop.tune_running() if stop is not None else contextlib.nullcontext():
-        results = tuner.fit()
+    try:
+        with stop.tune_running() if stop is not None else contextlib.nullcontext():
+            results = tuner.fit()
+    finally:
+        stop_all()  # the live view, however the stage ended
     for result in results:
         if result.error is not None and failures is not None:
             failures[trial_id_of(result)] = one_line(getattr(result.error, "cause", None) or result.error)
@@ -212,7 +226,8 @@ def make_tuner(ctx: StageContext, tune_name: str, param_space: dict[str, Any], e
             storage_path=ctx.storage_path,
             failure_config=tune.FailureConfig(max_failures=r.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=r.checkpoints_to_keep),
-            callbacks=[StudyCallback(ctx.tracker, ctx.experiment_id, ctx.parent_run_id, expected, label),
+            callbacks=[StudyCallback(ctx.tracker, ctx.experiment_id, ctx.parent_run_id, expected, label,
+                                     epochs=ctx.config.train.epochs),
                        JsonLoggerCallback()],  # result.json: the benchmark and the tests read it
             verbose=0,
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +14,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The study index (study/index.py) of the tests: never the user's ~/.cache one.
+os.environ["STUDY_INDEX"] = str(Path(tempfile.mkdtemp(prefix="study-index-")) / "index.json")
 
 
 @pytest.fixture(scope="session")

@@ -286,6 +286,7 @@ def test_report_finds_the_runs_of_a_study_file(tmp_path, monkeypatch, resolved):
         return SimpleNamespace(study=None, parent_run_id=None)
 
     monkeypatch.setattr(analysis.runs, "load_runs", load)
+    (tmp_path / "mlflow.db").touch()  # a store to find (`study report` never creates one)
     quick = str(CONFIGS / "quickstart.yaml")
     assert cli.main(["report", quick, "--set", f"output_dir={tmp_path}", "--target-error", "2.5"]) == 0
     assert loads[-1] == (f"sqlite:///{tmp_path}/mlflow.db", "quickstart")

@@ -41,6 +41,18 @@ def test_train_writes_history_and_layers(tmp_path, capsys) -> None:
     assert "3/3" in err and "final per-layer sparsity" in err
 
 
+def test_train_prints_its_parameters_as_keys_and_values_and_quiet_keeps_the_final_line(capsys) -> None:
+    args = ["train", "--dataset", "digits", "--method", "sensitivity-spec", "--param", "lam=1e-4",
+            "--epochs", "2", "--reach-epochs", "1", "--batch-size", "256"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert ": lam=0.0001 threshold=0.03 output=logits aggregate=sample" in err and "Params(" not in err
+    assert "final per-layer sparsity" in err
+    assert main([*args, "--quiet"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("status finished: test error ")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -97,8 +109,9 @@ def test_every_option_shows_its_default_and_every_command_ends_with_examples(cap
                  "CPU runs repeat exactly (default: 0)", "cuda:N (default: auto)",
                  "stops phase 2 (default: none)"):
         assert text in flat
-    flags_without_value = ("-h, --help", "--download", "--quiet", "--resume", "--show")
-    for command in ([], ["train"], ["run"], ["validate"], ["list"]):
+    flags_without_value = ("-h, --help", "--download", "--quiet", "--resume", "--show", "--force")
+    for command in ([], ["train"], ["run"], ["validate"], ["list"], ["report"], ["status"], ["export"],
+                    ["compare"], ["move"]):
         out = _help(command, capsys)
         options = out.split("\noptions:\n")[1].split("\nexamples:\n")[0]
         for entry in re.split(r"\n(?=  -)", options):

@@ -292,7 +292,7 @@ def test_a_trial_that_cannot_succeed_stops_the_study_after_one_attempt(ray_sessi
     assert error_file.read_text().count("Failure #") == 1
     # the terminal gets one line per event; the tracebacks go to the log file
     err = capfd.readouterr().err
-    assert f"l1 seed 0: FAILED: {expected}" in err
+    assert f"l1 s0: FAILED: {expected}" in err
     assert f"stopping the study: a retry cannot fix this error (tracebacks: {outcome.log_path})" in err
     assert "Traceback" not in err
     assert "Traceback" in outcome.log_path.read_text()
