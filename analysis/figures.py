@@ -1,6 +1,8 @@
 """The report's figures. Each function takes ready-made frames (seed-aggregated, see
 ``pareto.aggregate_seeds``) and returns a ``Figure``, or None when there is nothing to draw;
 ``figstyle.save`` writes it as PNG and PDF.
+(One concept over 400 lines: the report's figures, which share one style, one palette and one
+selection of runs; the style itself is analysis.figstyle.)
 
 - ``pareto_selection_figure``: the selection view. Validation error against compression, one
   panel per method (small multiples, the other methods' fronts in grey behind), its front, its

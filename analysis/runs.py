@@ -1,4 +1,6 @@
 """MLflow → tidy pandas frames, read through the run format of :mod:`study.runformat`.
+(One concept over 400 lines: MLflow to frames; the three frames are built from the same runs
+in one pass, and splitting them would split the one reading of the run format.)
 
 ``load_runs(tracking_uri, experiment)`` returns a ``Runs`` with three frames:
 

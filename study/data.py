@@ -1,4 +1,6 @@
 """Dataset registry: name -> loader -> :class:`DataBundle` with train/val/test splits.
+(One concept over 400 lines: the data set registry; every loader follows the same split and
+root conventions, stated once below, and the idx reader they share lives in study.datafiles.)
 
 Small data sets become :class:`TensorSplit` (tensors, batched by index: no DataLoader);
 image folders become :class:`DatasetSplit` (a torch Dataset behind a DataLoader).

@@ -1,5 +1,7 @@
 """A study on Ray Tune: grid or Optuna search, an optional confirm stage, resources, MLflow
 parent run, resume, cluster.
+(One concept over 400 lines: the life of one study run, from Ray's start to the parent run's
+end, with its stops and resumes; one stage's Tuner is study.tuners.)
 
 ``run_study(config)``:
 

@@ -1,4 +1,7 @@
 """The method under study: sensitivity-driven regularization (Tartaglione et al., NeurIPS 2018).
+(One concept over 400 lines: the sensitivity and its exact per-layer derivatives for every
+reading, kind and layer type, which the brute-force tests check together; the update itself
+is short and shared with the matched control.)
 
 The sensitivity of the network output y ∈ R^C to a parameter w, over a minibatch of B samples
 (the paper leaves the minibatch normalisation open; ``aggregate`` picks the reading)::

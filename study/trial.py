@@ -1,6 +1,8 @@
 """One Ray Tune trial: build data, model and method once per seed; step each seed's trainer one
 epoch at a time; report every epoch's metrics to Tune, with a checkpoint on a schedule; log
 everything to the trial's MLflow run.
+(One concept over 400 lines: one Tune trial, its seeds, their checkpoints and their MLflow
+runs, which must agree with each other on every resume.)
 
 A trial trains one configuration for one seed (grid search) or for every seed of the study
 (Optuna search: the seeds are never tuned, so each sampled configuration is trained once per
