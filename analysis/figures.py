@@ -95,7 +95,8 @@ def pareto_selection_figure(points: pd.DataFrame, front: pd.DataFrame, selected:
             if np.isfinite(target):
                 ax.axhline(target, ls=":", color="black", lw=1.0, zorder=2)
             sel = _met(selected, m)
-            ax.scatter(sel["compression_mean"], sel["val_error_mean"], color=colors[m], **_STAR)
+            if not sel.empty:
+                ax.scatter(sel["compression_mean"], sel["val_error_mean"], color=colors[m], **_STAR)
             name = method_label(m)
             if sel.empty:
                 ax.set_title(f"{name}: {NONE_SELECTED}", loc="left", fontsize="small")

@@ -26,7 +26,6 @@ Failed, diverged, pruned, running and superseded trials are kept and flagged, ne
 """
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -156,6 +155,7 @@ def load_runs(tracking_uri: str | None, experiment: str, *, parent: str = "lates
     ``bulk`` fetches each metric's history for all runs in one store call where the store
     allows it (SQL stores); otherwise one call per run and metric.
     """
+    rf.quiet_downloads()
     from mlflow.tracking import MlflowClient
 
     tracking_uri = rf.absolute_tracking_uri(tracking_uri) if tracking_uri else None
@@ -378,7 +378,6 @@ def _layer_order(client, trials: pd.DataFrame, epochs: pd.DataFrame) -> dict[str
     if epochs.empty or "arch" not in epochs.columns:
         names = natural_sorted(_layer_names(epochs.columns))
         return {"": names} if names else {}
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for arch, part in epochs.groupby("arch", sort=True):
         present = [n for n in _layer_names(part.dropna(axis=1, how="all").columns)]
         from_csv: list[str] = []

@@ -7,16 +7,10 @@ when it runs, so ``study --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 from study.cli import _examples, _Help, console
-
-
-def _quiet_mlflow() -> None:
-    # MLflow draws a progress bar for every artifact it downloads (study.yaml, layers.csv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _locate(args: argparse.Namespace, target: str | None = None) -> Any:
@@ -35,7 +29,6 @@ def _load(found: Any) -> tuple[Any, Any]:
     from study import runformat as rf
     from study.schema import study_from_dict
 
-    _quiet_mlflow()
     runs = load_runs(found.tracking_uri, found.experiment)
     study = found.study
     if study is None and runs.study is not None:
@@ -139,7 +132,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     from study.status import format_status, study_status
 
     found = _locate(args)
-    _quiet_mlflow()
     status = study_status(found)
     for line in format_status(status):
         print(line)
@@ -222,7 +214,6 @@ def already_complete(config: Any) -> str | None:
     entry = previous_run(config)
     if entry is None or not entry.get("complete"):
         return None
-    _quiet_mlflow()
     status = study_status(Located(config.resolved_tracking_uri, config.experiment_name, config.output_path, config))
     counts = ", ".join(f"{n} {s}" for s, n in status.counts.items() if n) or "no trial runs"
     failed = status.counts.get(rf.FAILED, 0)

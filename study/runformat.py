@@ -273,6 +273,17 @@ def trial_params(
     return out
 
 
+# -- reading artifacts -----------------------------------------------------------------------------
+
+
+def quiet_downloads() -> None:
+    """Turn off the progress bar MLflow draws for every artifact it downloads (a reader fetches
+    ``study.yaml`` and ``layers.csv`` files: a bar each would bury the output)."""
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 # -- tracking URIs ---------------------------------------------------------------------------------
 def sqlite_uri(path: str | Path) -> str:
     """``sqlite:////abs/path.db``: MLflow 3 needs an absolute path."""

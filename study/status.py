@@ -72,6 +72,7 @@ def _study_of(located: Located, client: Any, parent_run_id: str | None) -> Any:
 
     from study.schema import study_from_dict
 
+    rf.quiet_downloads()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = client.download_artifacts(parent_run_id, rf.STUDY_YAML, tmp)

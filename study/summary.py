@@ -13,13 +13,11 @@ from typing import Any, Callable
 
 def log_parent_summary(tracker: Any, config: Any, parent_run_id: str, log: Callable[[str], None]) -> None:
     """Log the summary metrics on ``parent_run_id`` (a warning through ``log`` on any error)."""
-    import os
 
     try:
         from analysis.results import study_results, summary_metrics
         from analysis.runs import load_runs
 
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         runs = load_runs(tracker.tracking_uri, config.experiment_name, parent=parent_run_id)
         results = study_results(runs, study_target=config.train.target_error, matched=False)
         tracker.log_metrics(parent_run_id, summary_metrics(runs, results), step=0)

@@ -236,3 +236,16 @@ def test_layer_profile_shows_the_neurons_below_the_weights():
     assert sorted(seg[0][1] for seg in dashes.get_segments()) == [100.0, 300.0]
     no_counts = selected.drop(columns=[c for c in selected.columns if c.startswith("neurons")])
     assert len(figures.layer_profile_figure(no_counts, ["fc1", "fc2"]).axes) == 1
+
+
+def test_selection_view_when_no_method_meets_the_target():
+    from analysis.pareto import pareto_front
+    from analysis.selection import reference_points, select_operating_points
+
+    agg = pd.DataFrame(_agg_rows("l1", [(1.5, 8.0, 7.9), (3.0, 9.0, 9.2)]) + _agg_rows(REF, [(1.0, 7.0, 7.1)]))
+    agg["complete"] = True
+    front = pareto_front(agg, x="compression_mean", y="val_error_mean")
+    selected = select_operating_points(agg, 2.5)
+    fig = figures.pareto_selection_figure(agg, front, selected, reference_points(agg), 2.5)
+    (ax,) = _visible(fig)
+    assert ax.get_title(loc="left") == "L1: none selected" and _stars(ax).size == 0
