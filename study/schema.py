@@ -31,10 +31,10 @@ import json
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from study import runformat as rf
 from study.options import check_options, option_defaults
@@ -114,6 +114,16 @@ def apply_overrides(raw: dict[str, Any], assignments: Sequence[str]) -> dict[str
 
 
 # -- the schema ------------------------------------------------------------------------------
+
+
+def _distinct_seeds(value: list[int]) -> list[int]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"seeds repeat: {value}")
+    return value
+
+
+#: A list of seeds, none repeated (the study's, and the confirm stage's).
+Seeds = Annotated[list[int], AfterValidator(_distinct_seeds)]
 
 
 class _Section(BaseModel):
@@ -206,14 +216,8 @@ class ConfirmSettings(_Section):
     """The confirm stage: after the search, each method's configuration chosen by the report's
     validation selection rule is retrained on these fresh seeds (tagged ``study.stage=confirm``)."""
 
-    seeds: list[int] = Field(min_length=1, description="fresh seeds, none of them a search seed")
+    seeds: Seeds = Field(min_length=1, description="fresh seeds, none of them a search seed")
 
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, value: list[int]) -> list[int]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"seeds repeat: {value}")
-        return value
 
 
 class SchedulerSettings(_Section):
@@ -256,7 +260,7 @@ class StudyConfig(_Section):
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"none": {}, "sensitivity-unspec": {}, "sensitivity-spec": {}}, min_length=1
     )
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: Seeds = Field(default_factory=lambda: [0], min_length=1)
     train: TrainSettings = Field(default_factory=TrainSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -297,12 +301,6 @@ class StudyConfig(_Section):
             return list(range(value))
         return value
 
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, value: list[int]) -> list[int]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"seeds repeat: {value}")
-        return value
 
     @model_validator(mode="after")
     def _fresh_confirm_seeds(self) -> StudyConfig:
