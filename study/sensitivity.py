@@ -81,7 +81,7 @@ from torch import Tensor, nn
 
 from study import runformat as rf
 from study import sparsity
-from study.method import Method, MethodContext, MethodParams, Phase, ThresholdMethod
+from study.method import MethodContext, MethodParams, Phase, ThresholdMethod
 
 Kind = Literal["unspec", "spec"]
 Output = Literal["logits", "softmax"]

@@ -142,7 +142,7 @@ def test_report_files(report, runs, tmp_path):
     files = md[md.index("## Files"):]
     for path in (report / "tables").iterdir():
         assert f"[tables/{path.name}](tables/{path.name})" in files, path.name
-    assert f'<a href="figures/pareto_lenet300_mnist.pdf">' in html
+    assert '<a href="figures/pareto_lenet300_mnist.pdf">' in html
     assert html.count('<div class="table-wrap"><table>') == html.count("<table>") > 0
     tex = (report / "tables" / "table_lenet300_mnist.tex").read_text()
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1

@@ -12,9 +12,10 @@ from torch import nn
 from baselines.decay import Decay, DecayParams, decayed_parameters
 from study.data import load_dataset
 from study.method import MethodContext
-from study.methods import build_method, default_params
+from study.methods import default_params
 from study.sensitivity import SensitivityMethod, SensitivityParams, sensitivity
-from study.train import TrainConfig, fit, train_step
+from study.train import train_step
+from tiny_runs import tiny_run
 
 CONTEXT = MethodContext(train_size=100, num_classes=3, epochs=5, steps_per_epoch=4)
 
@@ -85,14 +86,6 @@ def data():
     return load_dataset("synthetic", shape="1x6x6", num_classes=3, n_train=160, n_test=40)
 
 
-def _run(method_name: str, params: dict, data) -> tuple[dict, list[dict]]:
-    config = TrainConfig(epochs=3, reach_epochs=1, batch_size=32, lr=0.1, seed=3)
-    context = MethodContext(len(data.train), data.num_classes, config.epochs, math.ceil(len(data.train) / 32))
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 3))
-    result = fit(model, build_method(method_name, params, context), data, config)
-    return model.state_dict(), result.history
-
 
 def _same_run(a: tuple[dict, list[dict]], b: tuple[dict, list[dict]]) -> bool:
     (state_a, hist_a), (state_b, hist_b) = a, b
@@ -108,11 +101,11 @@ def _same_run(a: tuple[dict, list[dict]], b: tuple[dict, list[dict]]) -> bool:
 def test_sensitivity_with_every_s_zero_is_decay_bit_for_bit(kind: str, scope: str, data,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     params = {"lam": 0.02, "threshold": 0.05, "scope": scope}
-    control = _run("decay", params, data)
+    control = tiny_run("decay", params, data)
     assert control[1][-1]["compression"] > 1.0  # the threshold did prune: the comparison covers it
-    assert not _same_run(_run(kind, params, data), control)  # the real S makes a difference
+    assert not _same_run(tiny_run(kind, params, data), control)  # the real S makes a difference
 
     real = SensitivityMethod.step_sensitivity  # S of the step, from its forward or the separate pass
     monkeypatch.setattr(SensitivityMethod, "step_sensitivity",
                         lambda self, model, x, y: {k: torch.zeros_like(s) for k, s in real(self, model, x, y).items()})
-    assert _same_run(_run(kind, params, data), control)
+    assert _same_run(tiny_run(kind, params, data), control)

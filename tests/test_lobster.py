@@ -15,7 +15,8 @@ from baselines.lobster import Lobster, LobsterParams, loss_sensitivity
 from study.data import load_dataset
 from study.method import MethodContext
 from study.methods import build_method, default_params
-from study.train import TrainConfig, fit, train_step
+from study.train import train_step
+from tiny_runs import tiny_run
 
 CONTEXT = MethodContext(train_size=100, num_classes=3, epochs=5, steps_per_epoch=4)
 
@@ -153,27 +154,19 @@ def test_string_params_from_the_command_line() -> None:
         build_method("lobster", {"decay_from": "after"}, CONTEXT)
 
 
-def _run(method_name: str, params: dict, data) -> tuple[dict, list[dict]]:
-    config = TrainConfig(epochs=3, reach_epochs=1, batch_size=32, lr=0.1, seed=3)
-    context = MethodContext(len(data.train), data.num_classes, config.epochs, math.ceil(len(data.train) / 32))
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 3))
-    result = fit(model, build_method(method_name, params, context), data, config)
-    return model.state_dict(), [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in result.history]
-
 
 @pytest.mark.parametrize("scope", ["weights", "all"])
 def test_with_s_zero_and_the_pre_step_order_it_is_decay_bit_for_bit(scope: str, monkeypatch) -> None:
     data = load_dataset("synthetic", shape="1x6x6", num_classes=3, n_train=160, n_test=40)
     params = {"lam": 0.02, "threshold": 0.05, "scope": scope}
-    control = _run("decay", params, data)
+    control = tiny_run("decay", params, data)
     assert control[1][-1]["compression"] > 1.0  # the threshold pruned: the comparison covers it
-    ours = _run("lobster", {**params, "decay_from": "pre-step"}, data)
+    ours = tiny_run("lobster", {**params, "decay_from": "pre-step"}, data)
     assert not all(torch.equal(ours[0][k], control[0][k]) for k in control[0])  # S matters
 
     monkeypatch.setattr(lobster_module, "loss_sensitivity",
                         lambda params, rescaled=False: {n: torch.zeros_like(p) for n, p in params.items()})
-    zero = _run("lobster", {**params, "decay_from": "pre-step"}, data)
+    zero = tiny_run("lobster", {**params, "decay_from": "pre-step"}, data)
     assert all(torch.equal(zero[0][k], control[0][k]) for k in control[0])
     shared = set(control[1][0]) & set(zero[1][0])  # lobster adds its sens.* statistics
     assert [{k: r[k] for k in shared} for r in zero[1]] == [{k: r[k] for k in shared} for r in control[1]]

@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from analysis import matched, matched_text  # noqa: E402
+from analysis import matched_text  # noqa: E402
 from analysis.matched import (LESS, MORE, NO_DIFFERENCE, NOT_ESTABLISHED, choose_reference,  # noqa: E402
                               compare, matched_point, mean_interval, permutation_p,
                               ratio_interval, seed_points, smallest_p, verdict)

@@ -25,7 +25,7 @@ from study import data as data_registry
 from study.methods import METHODS, make_params
 from study.preflight import check_device, check_study, largest_initial_weight, phase_error
 from study.runner import StudyOutcome, read_state, run_study
-from study.schema import load_study, study_from_dict
+from study.schema import study_from_dict
 from study.tracking import Tracker
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")

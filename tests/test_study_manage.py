@@ -19,7 +19,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from study import cli, index  # noqa: E402
 from study import runformat as rf  # noqa: E402
 from study.locate import NotFound, locate  # noqa: E402
-from study.relocate import move_study, relocate, stale_roots  # noqa: E402
+from study.relocate import relocate, stale_roots  # noqa: E402
 from study.state import write_state  # noqa: E402
 from study.status import format_status, study_status, trial_state  # noqa: E402
 

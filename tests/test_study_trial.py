@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import pickle
 import shutil
 import tempfile
 from pathlib import Path
