@@ -200,7 +200,8 @@ def _outcome(tmp_path: Path, **fields: Any) -> StudyOutcome:
 def test_study_run_exit_codes(fields: dict[str, Any], code: int, line: str | None, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr("study.runner.run_study", lambda config, **kwargs: _outcome(tmp_path, **fields))
-    assert cli.main(["run", QUICKSTART, "--quiet"]) == code
+    # a folder of its own: the repository's runs/quickstart may hold a complete run (not retrained)
+    assert cli.main(["run", QUICKSTART, "--quiet", "--set", f"output_dir={tmp_path / 'out'}"]) == code
     err = capsys.readouterr().err
     assert (line in err) if line else ("error" not in err and "interrupted" not in err)
 

@@ -249,20 +249,21 @@ def test_study_survives_the_tracking_server_going_away(ray_session: Any, tiny_st
                                                        tracking_server: MlflowServer) -> None:
     from study.runner import run_study
 
-    epochs = 5
+    epochs = 8
     config = _load_study(tiny_study, "fault", tracking_server.uri, epochs=epochs)
     watcher = Tracker(tracking_server.uri)
     outage: dict[str, Any] = {}
     study_done = threading.Event()
 
     def kill_and_restart() -> None:
-        # once trials are logging (some child has logged an epoch): crash the server
-        # (SIGKILL: answers in flight are lost), keep it down ~5 s, restart it on its port
+        # once trials are logging (half of them have logged an epoch: on a loaded machine the
+        # others may still be starting): crash the server (SIGKILL: answers in flight are
+        # lost), keep it down ~5 s, restart it on its port
         try:
             experiment_id = watcher.experiment_id(config.experiment_name)
             while not study_done.is_set():
                 runs = watcher.find_runs(experiment_id, {"study.role": "trial"})
-                if any(r.data.metrics.get("epoch", 0) >= 1 for r in runs):
+                if sum(r.data.metrics.get("epoch", 0) >= 1 for r in runs) >= TRIALS // 2:
                     outage["logged_before"] = sum(int(r.data.metrics.get("epoch", 0)) for r in runs)
                     tracking_server.stop(signal.SIGKILL)
                     outage["down_at"] = time.time()
