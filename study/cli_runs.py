@@ -13,11 +13,12 @@ from typing import Any
 from study.cli import _examples, _Help, console
 
 
-def _locate(args: argparse.Namespace, target: str | None = None) -> Any:
+def _locate(args: argparse.Namespace, target: str | None = None, check: Any = None) -> Any:
     from study.locate import locate
 
     found = locate(target or args.target, sets=getattr(args, "set", None) or (),
-                   tracking_uri=getattr(args, "tracking_uri", None), experiment=getattr(args, "experiment", None))
+                   tracking_uri=getattr(args, "tracking_uri", None), experiment=getattr(args, "experiment", None),
+                   check=check)
     for note in found.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     return found
@@ -50,14 +51,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import make_report
     from analysis.sections import slug
 
-    path = Path(args.target)
-    if args.reference is not None and path.is_file():  # before looking for any run
-        from study.schema import load_study
+    def check(study: Any) -> None:  # a study file's --reference, before any run is looked for
+        if args.reference is not None:
+            choose_reference(study.methods, args.reference)
 
-        choose_reference(load_study(path, args.set or ()).methods, args.reference)
-    found = _locate(args)
-    if found.study is not None and args.reference is not None:
-        choose_reference(found.study.methods, args.reference)
+    found = _locate(args, check=check)
     runs, study = _load(found)
     if args.out:
         out = Path(args.out)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from study import index
 from study import runformat as rf
@@ -50,16 +50,18 @@ class Located:
 
 
 def locate(target: str | Path, *, sets: Sequence[str] = (), tracking_uri: str | None = None,
-           experiment: str | None = None) -> Located:
+           experiment: str | None = None, check: Callable[[Any], None] | None = None) -> Located:
     """Where the runs of ``target`` (a study file, a study folder or an experiment name) are;
-    see the module docstring. Raises ValueError (NotFound when nothing is found)."""
+    see the module docstring. ``check`` is called with a study file's validated study before
+    any store is looked for (a bad option is reported as such, not as "no runs found").
+    Raises ValueError (NotFound when nothing is found)."""
     path = Path(target)
     if sets and not path.is_file():
         raise ValueError(f"--set overrides fields of a study file; {str(target)!r} is not one")
     if tracking_uri:
         tracking_uri = rf.absolute_tracking_uri(tracking_uri)
     if path.is_file():
-        found = _from_file(path, sets, tracking_uri, experiment)
+        found = _from_file(path, sets, tracking_uri, experiment, check)
     elif path.is_dir():
         found = _from_folder(path.resolve(), tracking_uri, experiment)
     else:
@@ -71,10 +73,13 @@ def locate(target: str | Path, *, sets: Sequence[str] = (), tracking_uri: str | 
     return found
 
 
-def _from_file(path: Path, sets: Sequence[str], tracking_uri: str | None, experiment: str | None) -> Located:
+def _from_file(path: Path, sets: Sequence[str], tracking_uri: str | None, experiment: str | None,
+               check: Callable[[Any], None] | None = None) -> Located:
     from study.schema import load_study
 
     study = load_study(path, sets)
+    if check is not None:
+        check(study)
     name = experiment or study.experiment_name
     here = study.output_path
     if tracking_uri:
