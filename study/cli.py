@@ -107,13 +107,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from study.preflight import check_device, largest_initial_weight, phase_error, threshold_warning
     from study.progress import EpochPrinter
     from study.settings import TrainConfig, choose_device
-    from study.train import fit, method_context, seed_everything
+    from study.train import check_prune_schedule, fit, method_context, seed_everything
 
     method_params = parse_assignments(args.param, "--param")
     model_options = parse_assignments(args.model_option, "--model-option")
     data_options = parse_assignments(args.data_option, "--data-option")
-    from study.train import check_prune_schedule
-
     check_prune_schedule(method_class(args.method), args.prune_schedule)  # fail fast, before loading data
     check_device(args.device, "--device")
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
